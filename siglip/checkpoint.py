@@ -1,0 +1,144 @@
+"""Model files: save (atomically) and load.
+
+Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weights_only=True)` reads:
+    format: "siglip", version: 1,
+    model_config: ModelConfig as a dict, state_dict: the model's tensors,
+    tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int},
+    preprocess: {"image_size": int, "resample": str}
+A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
+so it loads as a model too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig, model_config_from_dict
+from .model import SigLIP
+from .tokenizer import Tokenizer
+from .transforms import image_transform
+
+FORMAT = "siglip"
+VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
+    truncated file behind under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str) -> dict:
+    """The dict that a model file holds (tensors moved to the CPU)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": {
+            "proto": torch.frombuffer(bytearray(tokenizer.proto), dtype=torch.uint8),
+            "length": tokenizer.length,
+        },
+        "preprocess": {"image_size": model.config.image_size, "resample": resample},
+    }
+
+
+def save_model(path: str | Path, model: SigLIP, tokenizer: Tokenizer, resample: str = "bicubic") -> None:
+    atomic_save(model_payload(model, tokenizer, resample), path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load one of our files without running pickled code; clear errors for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a siglip model file (.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a checkpoint this toolkit can read safely ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: unknown checkpoint format (top-level keys {keys}); expected a siglip model file")
+    if obj.get("version") != VERSION:
+        raise ValueError(f"{path}: siglip model file version {obj.get('version')}, this toolkit reads {VERSION}")
+    return obj
+
+
+def tokenizer_from_payload(payload: dict) -> Tokenizer:
+    tok = payload["tokenizer"]
+    return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> SigLIP:
+    """A ready-to-use model in eval mode, with `model.tokenizer` (list of str -> (n, L) ids) and
+    `model.preprocess` (PIL image -> (3, S, S) tensor) attached."""
+    payload = read_checkpoint(path)
+    cfg: ModelConfig = model_config_from_dict(payload["model_config"])
+    model = SigLIP(cfg)
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    model.tokenizer = tokenizer_from_payload(payload)
+    pre = payload["preprocess"]
+    model.preprocess: Callable = image_transform(int(pre["image_size"]), pre["resample"])
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Resumable training state
+
+
+def save_train_state(
+    path: str | Path,
+    model: SigLIP,
+    tokenizer: Tokenizer,
+    resample: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    config: dict,
+) -> None:
+    """A model file plus what `--resume` needs to continue exactly where this step left off."""
+    payload = model_payload(model, tokenizer, resample)
+    payload.update(
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        step=step,
+        config=config,
+        torch_rng=torch.get_rng_state(),
+    )
+    atomic_save(payload, path)
+
+
+def load_train_state(path: str | Path, model: SigLIP, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    """Restore model, optimizer, scheduler and RNG from `save_train_state`; returns the step."""
+    payload = read_checkpoint(path)
+    if "optimizer" not in payload:
+        raise ValueError(f"{path}: a model file without training state; it cannot be resumed from")
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["torch_rng"])
+    return int(payload["step"])

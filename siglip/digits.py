@@ -1,0 +1,98 @@
+"""The bundled demo data: the 1,797 handwritten digits (8x8 scans, 10 classes) that scikit-learn
+ships inside its package, written to disk as image-caption pairs. Nothing is downloaded.
+
+`ensure_digits(root)` writes, once:
+    root/train/NNNN.png + root/train.csv       (image,caption; captions from varied templates)
+    root/heldout/<class name>/NNNN.png         (one folder per class: the zero-shot layout)
+    root/heldout.csv                           (image,caption for the held-out images)
+The split is fixed: a seeded permutation, the last 20% held out.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.resources
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .prompts import DIGITS_CLASSNAMES
+
+VERSION = "1"
+HELDOUT_FRACTION = 0.2
+PIXELS = 32  # written size; the 8x8 scans are upsampled so the files look like small images
+
+CAPTION_TEMPLATES = [
+    "a handwritten {w}",
+    "the digit {w} written by hand",
+    "a scan of the number {n}",
+    "handwritten number {n}",
+    "{w} drawn with a pen",
+    "a small grayscale image of a {w}",
+    "someone wrote the digit {w}",
+    "a blurry {w} on paper",
+    "digit {n}",
+    "the numeral {w}, scanned",
+    "a {w}",
+    "number {w}",
+]
+
+
+def load_digits_array() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) uint8 ink levels 0..16 and (1797,) labels, read from scikit-learn's data file."""
+    ref = importlib.resources.files("sklearn.datasets") / "data" / "digits.csv.gz"
+    with ref.open("rb") as raw, gzip.open(raw, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    return table[:, :64].reshape(-1, 8, 8).astype(np.uint8), table[:, 64]
+
+
+def split_indices(n: int) -> tuple[list[int], list[int]]:
+    order = list(range(n))
+    random.Random(0).shuffle(order)
+    cut = n - int(round(n * HELDOUT_FRACTION))
+    return sorted(order[:cut]), sorted(order[cut:])
+
+
+def caption_for(index: int, label: int) -> str:
+    rng = random.Random(1_000 + index)
+    return rng.choice(CAPTION_TEMPLATES).format(w=DIGITS_CLASSNAMES[label], n=label)
+
+
+def _to_image(scan: np.ndarray) -> Image.Image:
+    ink = (255 - scan.astype(np.float32) * (255 / 16)).astype(np.uint8)  # dark ink on white paper
+    return Image.fromarray(ink, mode="L").resize((PIXELS, PIXELS), Image.Resampling.BILINEAR)
+
+
+def ensure_digits(root: str | Path) -> Path:
+    """Write the demo data under `root` unless a complete copy is already there. Returns `root`."""
+    root = Path(root)
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text().strip() == VERSION:
+        return root
+    images, labels = load_digits_array()
+    train, heldout = split_indices(len(labels))
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "train").mkdir(parents=True)
+    for name in DIGITS_CLASSNAMES:
+        (tmp / "heldout" / name).mkdir(parents=True)
+    for split, indices in (("train", train), ("heldout", heldout)):
+        with open(tmp / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "caption"])
+            for i in indices:
+                label = int(labels[i])
+                rel = f"train/{i:04d}.png" if split == "train" else f"heldout/{DIGITS_CLASSNAMES[label]}/{i:04d}.png"
+                _to_image(images[i]).save(tmp / rel)
+                w.writerow([rel, caption_for(i, label)])
+    (tmp / ".complete").write_text(VERSION)
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, root)
+    return root

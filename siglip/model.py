@@ -1,0 +1,214 @@
+"""SigLIP: two pre-LayerNorm transformer towers and the learnable temperature t = exp(t') and bias b.
+
+Architecture only, as the released checkpoints are (big_vision / Hugging Face):
+- image: Conv2d patches (kernel = stride = patch, border pixels that do not fill a patch are dropped),
+  a learned position embedding per patch (no class token), encoder, LayerNorm, MAP head;
+- text: token + position embeddings, encoder with no causal and no padding mask, LayerNorm, the LAST
+  token, Linear head;
+- both embeddings L2-normalised; logits = t * zimg @ ztxt.T + b (see `siglip.loss`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig, TowerConfig
+
+LN_EPS = 1e-6
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections (all with bias)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None) -> Tensor:
+        """x: (n, lq, d) queries; kv: (n, lk, d) keys/values (default x). Returns (n, lq, d)."""
+        kv = x if kv is None else kv
+        n, lq, d = x.shape
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (n, heads, l, d/heads)
+        h = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)))
+        return self.out(h.transpose(1, 2).reshape(n, lq, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, gelu: str):
+        super().__init__()
+        if gelu not in ("tanh", "exact"):
+            raise ValueError(f"gelu must be 'tanh' or 'exact', got {gelu!r}")
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.approximate = "tanh" if gelu == "tanh" else "none"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
+
+
+class Block(nn.Module):
+    """Pre-LN encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, cfg: TowerConfig, gelu: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=LN_EPS)
+        self.attn = Attention(cfg.width, cfg.heads)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=LN_EPS)
+        self.mlp = MLP(cfg.width, cfg.mlp_dim, gelu)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """`depth` blocks, then the final LayerNorm."""
+
+    def __init__(self, cfg: TowerConfig, gelu: str):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(cfg, gelu) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.width, eps=LN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class MAPHead(nn.Module):
+    """Multi-head attention pooling: one learned probe attends over the tokens, then
+    h = h + MLP(LN(h)). Returns the probe's token: (n, d)."""
+
+    def __init__(self, cfg: TowerConfig, gelu: str):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.attn = Attention(cfg.width, cfg.heads)
+        self.norm = nn.LayerNorm(cfg.width, eps=LN_EPS)
+        self.mlp = MLP(cfg.width, cfg.mlp_dim, gelu)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.attn(self.probe.expand(x.shape[0], -1, -1), kv=x)  # (n, 1, d)
+        h = h + self.mlp(self.norm(h))
+        return h[:, 0]
+
+
+class ImageTower(nn.Module):
+    """ViT without class token. pixels (n, 3, S, S) in [-1, 1] -> (n, width), not normalised."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        w = cfg.image.width
+        self.patch_size = cfg.patch_size
+        self.grid = cfg.image_size // cfg.patch_size
+        self.patch_embed = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, w))
+        self.encoder = Encoder(cfg.image, cfg.gelu)
+        self.head = MAPHead(cfg.image, cfg.gelu)
+
+    def forward_features(self, pixels: Tensor) -> Tensor:
+        """(n, 3, S, S) -> tokens (n, grid*grid, width) after the final LayerNorm."""
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (n, patches, width)
+        if x.shape[1] != self.pos_embed.shape[1]:
+            raise ValueError(
+                f"image of {tuple(pixels.shape[-2:])} px gives {x.shape[1]} patches, the model has "
+                f"{self.pos_embed.shape[1]} position embeddings ({self.grid}x{self.grid} of {self.patch_size} px)"
+            )
+        return self.encoder(x + self.pos_embed)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.head(self.forward_features(pixels))
+
+
+class TextTower(nn.Module):
+    """Token ids (n, L) -> (n, embed_dim), not normalised. No mask of any kind: the released
+    models see EOS padding as ordinary tokens and pool the last position."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        w = cfg.text.width
+        self.token_embed = nn.Embedding(cfg.vocab_size, w)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.text_length, w))
+        self.encoder = Encoder(cfg.text, cfg.gelu)
+        self.head = nn.Linear(w, cfg.out_dim) if cfg.text_head else nn.Identity()
+
+    def forward_features(self, ids: Tensor) -> Tensor:
+        """(n, L) -> (n, L, width) after the final LayerNorm."""
+        if ids.shape[1] != self.pos_embed.shape[1]:
+            raise ValueError(f"text of {ids.shape[1]} tokens, the model takes exactly {self.pos_embed.shape[1]}")
+        return self.encoder(self.token_embed(ids) + self.pos_embed)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.forward_features(ids)[:, -1])
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """x / (||x|| + 1e-8), as big_vision does."""
+    return x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+
+
+class SigLIP(nn.Module):
+    """The two towers plus t' (`t_prime`, log-temperature) and b (`b`, bias).
+
+    `forward(pixels, ids) -> (zimg, ztxt)`, both (n, out_dim) and L2-normalised; feed them with
+    `model.t` and `model.b` to `siglip.loss.sigmoid_loss`.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.text_head is False and cfg.text.width != cfg.out_dim:
+            raise ValueError("text_head=False needs text width == image embedding size")
+        self.config = cfg
+        self.image = ImageTower(cfg)
+        self.text = TextTower(cfg)
+        self.t_prime = nn.Parameter(torch.tensor(float(cfg.init_t_prime)))
+        self.b = nn.Parameter(torch.tensor(float(cfg.init_b)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """big_vision-style init: xavier-uniform linears with zero bias, MLP biases N(0, 1e-6),
+        lecun-normal patch kernel, position and token embeddings N(0, 1/sqrt(d))."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            if isinstance(m, MLP):
+                nn.init.normal_(m.fc1.bias, std=1e-6)
+                nn.init.normal_(m.fc2.bias, std=1e-6)
+        pe = self.image.patch_embed
+        fan_in = pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1]
+        nn.init.trunc_normal_(pe.weight, std=1.0 / math.sqrt(fan_in))
+        nn.init.zeros_(pe.bias)
+        for p in (self.image.pos_embed, self.text.pos_embed):
+            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[-1]))
+        nn.init.normal_(self.text.token_embed.weight, std=1.0 / math.sqrt(self.text.token_embed.embedding_dim))
+        nn.init.xavier_uniform_(self.image.head.probe.view(1, -1))
+
+    @property
+    def t(self) -> Tensor:
+        """The temperature t = exp(t')."""
+        return self.t_prime.exp()
+
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        """(n, 3, S, S) in [-1, 1] -> (n, out_dim), unit norm."""
+        return l2_normalize(self.image(pixels))
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        """(n, L) token ids -> (n, out_dim), unit norm."""
+        return l2_normalize(self.text(ids))
+
+    def forward(self, pixels: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encode_image(pixels), self.encode_text(ids)
+
+    def logits(self, zimg: Tensor, ztxt: Tensor) -> Tensor:
+        """(n_img, n_txt) = t * zimg @ ztxt.T + b; sigmoid of it is the pair probability."""
+        return self.t * zimg @ ztxt.T + self.b

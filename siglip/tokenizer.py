@@ -1,0 +1,104 @@
+"""SentencePiece tokenizer with SigLIP's text conventions.
+
+- canonicalise: lowercase, delete ASCII punctuation, collapse whitespace, strip;
+- ids: no BOS, EOS appended, truncated keeping EOS last, padded with EOS to exactly `length`;
+- no attention mask: the text tower sees the padding and pools the last position.
+
+The SentencePiece model travels as its serialized bytes (`Tokenizer.proto`), so a model file that
+holds them is self-contained.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import string
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from torch import Tensor
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+_SPACE = re.compile(r"\s+")
+
+
+def canonicalize(text: str) -> str:
+    """'A photo of a Dog!!' -> 'a photo of a dog'."""
+    return _SPACE.sub(" ", text.lower().translate(_PUNCT)).strip()
+
+
+class Tokenizer:
+    """`tokenizer(["a dog", ...]) -> LongTensor (n, length)`."""
+
+    def __init__(self, proto: bytes, length: int):
+        self.proto = bytes(proto)
+        self.length = length
+        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        self.eos_id = self.sp.eos_id()
+        if self.eos_id < 0:
+            raise ValueError("the SentencePiece model has no EOS piece; SigLIP needs one (id 1 in the released vocab)")
+
+    @classmethod
+    def from_file(cls, path: str | Path, length: int) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        try:
+            return cls(path.read_bytes(), length)
+        except RuntimeError as e:
+            raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, length: int, model_type: str = "unigram") -> Tokenizer:
+        """Train on `texts` (canonicalised first). The vocabulary may come out smaller than
+        `vocab_size` when the texts cannot support it. Ids: pad 0, EOS 1, unk 2, as released."""
+        corpus = [c for c in (canonicalize(t) for t in texts) if c]
+        if not corpus:
+            raise ValueError("cannot train a tokenizer: no non-empty captions")
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus),
+            model_writer=buf,
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            model_type=model_type,
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            character_coverage=1.0,
+            num_threads=1,  # deterministic
+            minloglevel=2,
+        )
+        return cls(buf.getvalue(), length)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one text, EOS last, not padded."""
+        ids = self.sp.encode(canonicalize(text))[: self.length - 1]
+        return ids + [self.eos_id]
+
+    def __call__(self, texts: str | list[str]) -> Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        out = torch.full((len(texts), self.length), self.eos_id, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = self.encode(text)
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def decode(self, ids: Tensor | list[int]) -> str:
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return self.sp.decode([i for i in ids if i != self.eos_id])
+
+    # SentencePieceProcessor does not pickle; DataLoader workers need copies.
+    def __getstate__(self) -> dict:
+        return {"proto": self.proto, "length": self.length}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["proto"], state["length"])
