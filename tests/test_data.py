@@ -1,0 +1,94 @@
+"""Training pairs from manifests and caption folders; corrupt images; deterministic batches."""
+
+import json
+
+import pytest
+import torch
+
+from siglip.data import (
+    Collate,
+    EpochBatchSampler,
+    ManifestError,
+    PairDataset,
+    epoch_loader,
+    find_pairs,
+    read_caption_folder,
+    read_manifest,
+)
+from siglip.transforms import image_transform
+
+from .conftest import write_image
+
+
+def test_csv_manifest_with_detected_columns_and_relative_paths(tmp_path):
+    write_image(tmp_path / "imgs/a.png")
+    (tmp_path / "m.csv").write_text('filepath,title,extra\nimgs/a.png,"a cat, sleeping",1\n/abs/b.jpg,a dog,2\n')
+    pairs = read_manifest(tmp_path / "m.csv")
+    assert pairs == [(str(tmp_path / "imgs/a.png"), "a cat, sleeping"), ("/abs/b.jpg", "a dog")]
+
+
+def test_tsv_and_jsonl_and_named_columns(tmp_path):
+    (tmp_path / "m.tsv").write_text("url\tcaption\nx.jpg\ta cat\n")
+    assert read_manifest(tmp_path / "m.tsv", image_column="url")[0][1] == "a cat"
+    (tmp_path / "m.jsonl").write_text(json.dumps({"file_name": "x.jpg", "text": "hi"}) + "\n\n"
+                                      + json.dumps({"file_name": "y.jpg", "text": "ho"}) + "\n")
+    assert [c for _, c in read_manifest(tmp_path / "m.jsonl")] == ["hi", "ho"]
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("m.csv", "image,caption\na.jpg,ok\nb.jpg,too,many\n", r"m.csv:3: 3 fields, the header has 2"),
+    ("m.csv", "image,caption\n,empty image\n", r"m.csv:2: empty or missing image path"),
+    ("m.jsonl", '{"image": "a.jpg", "caption": "ok"}\n{"image": "b.jpg", "caption": \n', r"m.jsonl:2: not valid JSON"),
+    ("m.jsonl", '{"image": "a.jpg", "caption": "ok"}\n{"image": "b.jpg"}\n', r"m.jsonl:2: missing key"),
+    ("m.csv", "picture,words\na.jpg,x\n", r"m.csv: cannot find the image column among \['picture', 'words'\]"),
+    ("m.csv", "", r"m.csv: empty manifest"),
+])
+def test_malformed_manifest_names_file_and_line(tmp_path, name, content, match):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ManifestError, match=match):
+        read_manifest(tmp_path / name)
+
+
+def test_caption_folder(tmp_path):
+    write_image(tmp_path / "x/1.jpg")
+    (tmp_path / "x/1.txt").write_text("a red square\n")
+    write_image(tmp_path / "2.png")
+    (tmp_path / "2.txt").write_text("another")
+    write_image(tmp_path / "3.png")  # no caption: skipped and counted in the log
+    pairs = read_caption_folder(tmp_path)
+    assert sorted(c for _, c in pairs) == ["a red square", "another"]
+    assert find_pairs(str(tmp_path)) == pairs
+
+
+def test_missing_data_path_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        find_pairs(str(tmp_path / "nothing.csv"))
+
+
+def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path, tokenizer):
+    good = write_image(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    pairs = [(str(good), "a red square"), (str(tmp_path / "bad.jpg"), "broken"), (str(tmp_path / "gone.png"), "x")]
+    ds = PairDataset(pairs, image_transform(16))
+    batch = Collate(tokenizer)([ds[i] for i in range(3)])
+    assert batch["skipped"] == 2 and batch["pixels"].shape == (1, 3, 16, 16) and batch["ids"].shape == (1, 8)
+    assert batch["pixels"].min() >= -1 and batch["pixels"].max() <= 1
+    loader = epoch_loader(ds, tokenizer, batch_size=3, epoch=0, start=0, num_workers=1)
+    assert sum(b["skipped"] for b in loader) == 2
+
+
+def test_batches_are_seeded_per_epoch_and_resumable():
+    full = list(EpochBatchSampler(10, 3, seed=1, epoch=2))
+    assert len(full) == 3 and all(len(b) == 3 for b in full)  # last incomplete batch dropped
+    assert list(EpochBatchSampler(10, 3, seed=1, epoch=2, start=1)) == full[1:]
+    assert list(EpochBatchSampler(10, 3, seed=1, epoch=3)) != full
+    assert list(EpochBatchSampler(2, 8, seed=0, epoch=0)) and len(list(EpochBatchSampler(2, 8, 0, 0))[0]) == 2
+
+
+def test_augmentation_is_reproducible_per_sample(tmp_path):
+    img = write_image(tmp_path / "a.png", size=(40, 30))
+    t = image_transform(16, random_resized_crop=True, horizontal_flip=True, color_jitter=0.4)
+    a, b = PairDataset([(str(img), "x")], t, seed=5), PairDataset([(str(img), "x")], t, seed=5)
+    torch.testing.assert_close(a[0][0], b[0][0])
+    a.set_epoch(1)
+    assert not torch.equal(a[0][0], b[0][0])
