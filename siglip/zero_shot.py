@@ -27,11 +27,12 @@ def class_embeddings(
     templates: list[str],
     batch_size: int = 256,
     bf16: bool = False,
+    progress: bool = False,
 ) -> Tensor:
     """(c, d) unit rows on the CPU: per class the renormalised mean of its normalised template
     embeddings. All c * len(templates) prompts are embedded in batches of `batch_size`."""
     prompts = [t.format(name) for name in classnames for t in templates]  # class-major
-    z = embed_texts(model, tokenizer, prompts, batch_size, bf16)  # (c * templates, d), unit rows
+    z = embed_texts(model, tokenizer, prompts, batch_size, bf16, progress)  # (c * templates, d), unit rows
     return l2_normalize(z.view(len(classnames), len(templates), -1).mean(dim=1))
 
 
@@ -50,7 +51,7 @@ def evaluate_zero_shot(
     was_training = model.training
     model.eval()
     try:
-        cls = class_embeddings(model, tokenizer, data.classnames, data.templates, batch_size, bf16)  # (c, d)
+        cls = class_embeddings(model, tokenizer, data.classnames, data.templates, batch_size, bf16, progress)  # (c, d)
         img, ok = embed_images(model, data.images, transform, batch_size, num_workers, bf16, progress)  # (n, d)
     finally:
         model.train(was_training)

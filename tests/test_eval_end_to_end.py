@@ -20,7 +20,7 @@ from siglip.model import SigLIP, l2_normalize
 from siglip.retrieval import evaluate_retrieval
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import image_transform
-from siglip.zero_shot import evaluate_zero_shot
+from siglip.zero_shot import class_embeddings, evaluate_zero_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red_square": (220, 30, 30), "green_circle": (30, 200, 40), "blue_star": (20, 40, 230)}
@@ -73,7 +73,7 @@ def test_zero_shot_matches_naive_reference(world):
             z = torch.cat([model.encode_text(model.tokenizer(t.format(name))) for t in data.templates])
             cls.append(l2_normalize(z.mean(0)))
         cls = torch.stack(cls)
-        hits1 = hits2 = 0
+        hits1 = 0
         for path, y in zip(data.images, data.labels):
             try:
                 img = model.preprocess(load_image(path))
@@ -81,14 +81,17 @@ def test_zero_shot_matches_naive_reference(world):
                 continue
             s = (model.encode_image(img[None]) @ cls.T)[0]
             hits1 += int(s.argmax() == y)
-            hits2 += int(y in s.topk(2).indices.tolist())
     n = len(data.labels)
     assert n == 10 and m["unreadable_images"] == 1  # the broken file stays in the denominator
     assert m["acc1"] == pytest.approx(hits1 / n)
     assert m["acc5"] == pytest.approx(9 / 10)  # 3 classes: every readable image is a top-5 hit
-    # bf16 autocast runs and gives close class embeddings
+    # bf16 autocast: class embeddings close to the float32 ones, the run completes and counts the same
+    ref = class_embeddings(model, model.tokenizer, data.classnames, data.templates)
+    assert torch.allclose(ref, cls, atol=1e-5)
+    low = class_embeddings(model, model.tokenizer, data.classnames, data.templates, bf16=True)
+    assert (low * ref).sum(dim=1).min() > 0.99
     mb = evaluate_zero_shot(model, model.tokenizer, model.preprocess, data, batch_size=4, num_workers=0, bf16=True)
-    assert mb["unreadable_images"] == 1 and 0 <= mb["acc1"] <= 0.9
+    assert mb["unreadable_images"] == 1
 
 
 def test_retrieval_matches_naive_reference(world):
