@@ -129,11 +129,20 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """One evaluator run during and after training. `dataset`: `digits` (the demo's held-out
-    split) or `folder` (one sub-folder per class at `path`)."""
+    """One evaluator run during and after training (siglip.evaluators), the same code as
+    evaluation/zero_shot.py and evaluation/retrieval.py.
+
+    task `zero_shot`: dataset imagenet, cifar10, cifar100, folder or digits (the demo's held-out
+    split); task `retrieval`: dataset flickr30k, coco, manifest or digits (the held-out pairs).
+    `path`: the data folder or file ("" for digits = data.digits_root). `split`: "" = the dataset's
+    evaluation split. `templates` / `classnames`: files, one entry per line ("" = the standard lists)."""
 
     dataset: str = "digits"
+    task: str = "zero_shot"  # zero_shot or retrieval
     path: str = ""
+    split: str = ""
+    templates: str = ""
+    classnames: str = ""
     every: int = 0  # steps between runs; 0 = only at the end
     batch_size: int = 256
 

@@ -1,37 +1,32 @@
 """The evaluators a config lists (`Config.evals`), run during and after training.
 
-Each `EvalConfig` names a dataset; this module turns it into images, labels, class names and
-templates, and runs `siglip.zero_shot`. Results are flat dicts like {"digits/acc1": 0.93}.
+Each `EvalConfig` names a task and a dataset; this module reads the dataset (siglip.eval_data) and
+runs the same function as the evaluation scripts (siglip.zero_shot / siglip.retrieval), so the
+numbers logged in training are the numbers the scripts print. Results are flat dicts like
+{"digits/acc1": 0.93, "digits/image_retrieval_recall@1": 0.12}.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .config import EvalConfig
+from .eval_data import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_set, retrieval_set
 from .model import SigLIP
-from .prompts import DIGITS_CLASSNAMES, DIGITS_TEMPLATES
+from .retrieval import evaluate_retrieval
 from .tokenizer import Tokenizer
 from .transforms import image_transform
-from .zero_shot import evaluate_zero_shot, read_class_folder
+from .zero_shot import evaluate_zero_shot
 
 
-def zero_shot_task(ev: EvalConfig, digits_root: str) -> tuple[list[str], list[int], list[str], list[str]]:
-    """(paths, labels, class names, templates) for one evaluator."""
-    if ev.dataset == "digits":
-        from .digits import ensure_digits
-
-        # the held-out folders are named by DIGITS_CLASSNAMES; labels index the sorted folder names
-        paths, labels, classes = read_class_folder(ensure_digits(ev.path or digits_root) / "heldout")
-        if sorted(classes) != sorted(DIGITS_CLASSNAMES):
-            raise ValueError(f"{ev.path or digits_root}/heldout: expected the ten digit folders, found {classes}")
-        return paths, labels, classes, DIGITS_TEMPLATES
-    if ev.dataset == "folder":
-        if not ev.path:
-            raise ValueError("evaluator 'folder' needs a path (one sub-folder per class)")
-        paths, labels, classes = read_class_folder(Path(ev.path))
-        return paths, labels, [c.replace("_", " ") for c in classes], ["a photo of a {}."]
-    raise ValueError(f"unknown evaluator dataset {ev.dataset!r}: choose 'digits' or 'folder'")
+def check_evals(evals: list[EvalConfig]) -> None:
+    """Fail before training starts, not at the first evaluation, on a misnamed task or dataset."""
+    for i, ev in enumerate(evals):
+        allowed = {"zero_shot": ZERO_SHOT_DATASETS, "retrieval": RETRIEVAL_DATASETS}.get(ev.task)
+        if allowed is None:
+            raise ValueError(f"evals[{i}].task {ev.task!r}: choose 'zero_shot' or 'retrieval'")
+        if ev.dataset not in allowed:
+            raise ValueError(f"evals[{i}]: {ev.task} dataset {ev.dataset!r}: choose one of {allowed}")
+        if not ev.path and ev.dataset != "digits":
+            raise ValueError(f"evals[{i}] ({ev.dataset}) needs a path")
 
 
 def run_evals(
@@ -46,23 +41,18 @@ def run_evals(
     step: int | None = None,
 ) -> dict[str, float]:
     """Run every evaluator due at `step` (all of them when step is None: the end of training)."""
+    check_evals(evals)
     results: dict[str, float] = {}
     transform = image_transform(image_size, resample)
     for ev in evals:
         if step is not None and not (ev.every and step % ev.every == 0):
             continue
-        paths, labels, classnames, templates = zero_shot_task(ev, digits_root)
-        metrics = evaluate_zero_shot(
-            model,
-            tokenizer,
-            transform,
-            paths,
-            labels,
-            classnames,
-            templates,
-            ev.batch_size,
-            num_workers,
-            bf16,
-        )
+        path = ev.path or digits_root
+        if ev.task == "zero_shot":
+            data = classification_set(ev.dataset, path, ev.split, ev.classnames, ev.templates)
+            metrics = evaluate_zero_shot(model, tokenizer, transform, data, ev.batch_size, num_workers, bf16)
+        else:
+            data = retrieval_set(ev.dataset, path, ev.split)
+            metrics = evaluate_retrieval(model, tokenizer, transform, data, ev.batch_size, num_workers, bf16)
         results.update({f"{ev.dataset}/{k}": v for k, v in metrics.items()})
     return results

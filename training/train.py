@@ -28,7 +28,7 @@ from siglip.checkpoint import (
 )
 from siglip.config import model_config_from_dict, parse_train_args, run_name, to_dict
 from siglip.data import PairDataset, epoch_loader, find_pairs, steps_per_epoch
-from siglip.evaluators import run_evals
+from siglip.evaluators import check_evals, run_evals
 from siglip.loss import get_loss
 from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
@@ -43,6 +43,7 @@ log = logging.getLogger("train")
 # Config and runtime
 run = parse_train_args(sys.argv[1:])
 cfg, tc = run.config, run.config.train
+check_evals(cfg.evals)  # a misnamed evaluator fails now, not after the first training steps
 out_dir = Path(tc.output_dir)
 out_dir.mkdir(parents=True, exist_ok=True)
 (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))

@@ -1,0 +1,49 @@
+"""Image-text retrieval of a SigLIP model (SPEC section 7): every image against all its captions.
+
+    python evaluation/retrieval.py --model-path ./checkpoints/siglip_base.pt --dataset flickr30k --data-path /data/flickr30k
+    python evaluation/retrieval.py --model-path runs/demo/siglip_demo.pt --dataset digits --data-path data/digits
+    -> a progress bar, a small table, and with --output results.json the result in CLIP_benchmark's layout
+
+Metrics: image_retrieval_recall@{1,5,10} (text query, image found), text_retrieval_recall@{1,5,10}
+(image query, any of its captions found), and the mean and median rank of each direction.
+Datasets: flickr30k (dataset_flickr30k.json, or results_20130124.token with --split all|FILE),
+coco (dataset_coco.json, or annotations/captions_<split>.json with --split val2014|val2017),
+manifest (a CSV/TSV/JSONL of image,caption rows), digits (the bundled demo's held-out pairs).
+"""
+
+import argparse
+import logging
+
+import torch
+
+import siglip
+from siglip.eval_data import RETRIEVAL_DATASETS, retrieval_set
+from siglip.results import benchmark_record, format_table, write_results
+from siglip.retrieval import evaluate_retrieval
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+parser = argparse.ArgumentParser(description="Image-text retrieval of a SigLIP model.")
+parser.add_argument("--model-path", required=True, help="a siglip model file (what training writes)")
+parser.add_argument("--dataset", required=True, choices=RETRIEVAL_DATASETS)
+parser.add_argument("--data-path", required=True, help="the dataset folder, or its caption / manifest file")
+parser.add_argument("--split", default="", help="'' = test (Karpathy's split); all; or see the module docstring")
+parser.add_argument("--batch-size", type=int, default=256)
+parser.add_argument("--num-workers", type=int, default=4, help="processes that decode and resize images")
+parser.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
+parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the towers")
+parser.add_argument("--output", default="", help="write the results here as JSON (CLIP_benchmark's layout)")
+args = parser.parse_args()
+
+device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+model = siglip.load(args.model_path, device=device)
+data = retrieval_set(args.dataset, args.data_path, args.split)
+print(f"{args.dataset}: {len(data.images)} images, {len(data.texts)} captions")
+metrics = evaluate_retrieval(
+    model, model.tokenizer, model.preprocess, data, args.batch_size, args.num_workers, args.bf16, progress=True
+)
+print(format_table(metrics))
+if args.output:
+    record = benchmark_record(args.dataset, model.config.variant, args.model_path, "zeroshot_retrieval", metrics)
+    write_results(args.output, record)
+    print(f"wrote {args.output}")

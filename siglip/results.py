@@ -1,0 +1,47 @@
+"""Evaluation results: the printed table and the JSON file in CLIP_benchmark's layout.
+
+    {"dataset": "imagenet1k", "model": "B/16", "pretrained": "checkpoints/siglip_base.pt",
+     "task": "zeroshot_classification", "metrics": {"acc1": 0.76, ...}, "language": "en"}
+
+`task` is "zeroshot_classification" or "zeroshot_retrieval"; metric names are CLIP_benchmark's, so
+files from both tools can be tabled together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Our dataset names -> CLIP_benchmark's.
+BENCHMARK_NAMES = {"imagenet": "imagenet1k", "flickr30k": "flickr30k", "coco": "mscoco_captions"}
+
+
+def benchmark_record(dataset: str, model: str, pretrained: str, task: str, metrics: dict[str, float]) -> dict:
+    return {
+        "dataset": BENCHMARK_NAMES.get(dataset, dataset),
+        "model": model,
+        "pretrained": pretrained,
+        "task": task,
+        "metrics": metrics,
+        "language": "en",
+    }
+
+
+def write_results(path: str | Path, record: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two aligned columns: metric, value (recalls and accuracies as percentages)."""
+    width = max(len(k) for k in metrics)
+    lines = []
+    for k, v in metrics.items():
+        if isinstance(v, float) and ("acc" in k or "recall" in k):
+            lines.append(f"{k:<{width}}  {100 * v:7.2f} %")
+        elif isinstance(v, float):
+            lines.append(f"{k:<{width}}  {v:7.2f}")
+        else:
+            lines.append(f"{k:<{width}}  {v:7d}")
+    return "\n".join(lines)
