@@ -10,15 +10,29 @@ from .conftest import REPO
 def test_config_files_load():
     base = load_config_file(REPO / "configs/base_config.py")
     assert base.model.variant == "B/16" and base.model.image_size == 224
-    assert (base.train.batch_size, base.optim.lr, base.optim.warmup_steps, base.train.steps) == (256, 1e-4, 2000, 100_000)
+    assert (base.train.batch_size, base.optim.lr, base.optim.warmup_steps, base.train.steps) == (
+        256,
+        1e-4,
+        2000,
+        100_000,
+    )
     assert base.optim.weight_decay == 0.1
     demo = load_config_file(REPO / "configs/demo_config.py")
     assert demo.data.path == "digits" and demo.evals
 
 
 def test_overrides_are_typed():
-    cfg = apply_overrides(Config(), ["optim.lr=3e-4", "train.batch_size=32", "data.horizontal_flip=true",
-                                     "optim.betas=0.9,0.98", "model.image.depth=2", "train.device=cpu"])
+    cfg = apply_overrides(
+        Config(),
+        [
+            "optim.lr=3e-4",
+            "train.batch_size=32",
+            "data.horizontal_flip=true",
+            "optim.betas=0.9,0.98",
+            "model.image.depth=2",
+            "train.device=cpu",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.train.batch_size, int) and cfg.data.horizontal_flip is True
     assert cfg.optim.betas == (0.9, 0.98) and cfg.model.image.depth == 2
 
@@ -40,11 +54,33 @@ def test_wrong_type_names_the_key():
 
 
 def test_seed_flags_and_config_overrides():
-    run = parse_train_args(["--config", str(REPO / "configs/base_config.py"), "--data-path", "x.csv",
-                            "--batch-size", "128", "--learning-rate", "5e-5", "--epochs", "10",
-                            "--output-dir", "out", "--config.optim.warmup_steps=7", "--config.train.seed", "3"])
+    run = parse_train_args(
+        [
+            "--config",
+            str(REPO / "configs/base_config.py"),
+            "--data-path",
+            "x.csv",
+            "--batch-size",
+            "128",
+            "--learning-rate",
+            "5e-5",
+            "--epochs",
+            "10",
+            "--output-dir",
+            "out",
+            "--config.optim.warmup_steps=7",
+            "--config.train.seed",
+            "3",
+        ]
+    )
     c = run.config
-    assert (c.data.path, c.train.batch_size, c.optim.lr, c.train.epochs, c.train.output_dir) == ("x.csv", 128, 5e-5, 10, "out")
+    assert (c.data.path, c.train.batch_size, c.optim.lr, c.train.epochs, c.train.output_dir) == (
+        "x.csv",
+        128,
+        5e-5,
+        10,
+        "out",
+    )
     assert c.optim.warmup_steps == 7 and c.train.seed == 3 and not run.resume
     assert run_name(run.config_path) == "base"
     with pytest.raises(ValueError, match="cannot parse"):

@@ -30,19 +30,30 @@ def test_csv_manifest_with_detected_columns_and_relative_paths(tmp_path):
 def test_tsv_and_jsonl_and_named_columns(tmp_path):
     (tmp_path / "m.tsv").write_text("url\tcaption\nx.jpg\ta cat\n")
     assert read_manifest(tmp_path / "m.tsv", image_column="url")[0][1] == "a cat"
-    (tmp_path / "m.jsonl").write_text(json.dumps({"file_name": "x.jpg", "text": "hi"}) + "\n\n"
-                                      + json.dumps({"file_name": "y.jpg", "text": "ho"}) + "\n")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"file_name": "x.jpg", "text": "hi"})
+        + "\n\n"
+        + json.dumps({"file_name": "y.jpg", "text": "ho"})
+        + "\n"
+    )
     assert [c for _, c in read_manifest(tmp_path / "m.jsonl")] == ["hi", "ho"]
 
 
-@pytest.mark.parametrize("name,content,match", [
-    ("m.csv", "image,caption\na.jpg,ok\nb.jpg,too,many\n", r"m.csv:3: 3 fields, the header has 2"),
-    ("m.csv", "image,caption\n,empty image\n", r"m.csv:2: empty or missing image path"),
-    ("m.jsonl", '{"image": "a.jpg", "caption": "ok"}\n{"image": "b.jpg", "caption": \n', r"m.jsonl:2: not valid JSON"),
-    ("m.jsonl", '{"image": "a.jpg", "caption": "ok"}\n{"image": "b.jpg"}\n', r"m.jsonl:2: missing key"),
-    ("m.csv", "picture,words\na.jpg,x\n", r"m.csv: cannot find the image column among \['picture', 'words'\]"),
-    ("m.csv", "", r"m.csv: empty manifest"),
-])
+@pytest.mark.parametrize(
+    "name,content,match",
+    [
+        ("m.csv", "image,caption\na.jpg,ok\nb.jpg,too,many\n", r"m.csv:3: 3 fields, the header has 2"),
+        ("m.csv", "image,caption\n,empty image\n", r"m.csv:2: empty or missing image path"),
+        (
+            "m.jsonl",
+            '{"image": "a.jpg", "caption": "ok"}\n{"image": "b.jpg", "caption": \n',
+            r"m.jsonl:2: not valid JSON",
+        ),
+        ("m.jsonl", '{"image": "a.jpg", "caption": "ok"}\n{"image": "b.jpg"}\n', r"m.jsonl:2: missing key"),
+        ("m.csv", "picture,words\na.jpg,x\n", r"m.csv: cannot find the image column among \['picture', 'words'\]"),
+        ("m.csv", "", r"m.csv: empty manifest"),
+    ],
+)
 def test_malformed_manifest_names_file_and_line(tmp_path, name, content, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(ManifestError, match=match):

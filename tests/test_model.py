@@ -66,12 +66,16 @@ def test_block_is_pre_layernorm_with_tanh_gelu(tiny_config):
     h = x + block.attn(F.layer_norm(x, (x.shape[-1],), block.norm1.weight, block.norm1.bias, 1e-6))
     m = F.layer_norm(h, (x.shape[-1],), block.norm2.weight, block.norm2.bias, 1e-6)
     mlp = block.mlp
-    want = h + mlp.fc2(0.5 * mlp.fc1(m) * (1 + torch.tanh(math.sqrt(2 / math.pi) * (mlp.fc1(m) + 0.044715 * mlp.fc1(m) ** 3))))
+    want = h + mlp.fc2(
+        0.5 * mlp.fc1(m) * (1 + torch.tanh(math.sqrt(2 / math.pi) * (mlp.fc1(m) + 0.044715 * mlp.fc1(m) ** 3)))
+    )
     torch.testing.assert_close(block(x), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variant,width,depth,mlp,heads", [("B/16", 768, 12, 3072, 12), ("L/16", 1024, 24, 4096, 16),
-                                                           ("So400m/14", 1152, 27, 4304, 16)])
+@pytest.mark.parametrize(
+    "variant,width,depth,mlp,heads",
+    [("B/16", 768, 12, 3072, 12), ("L/16", 1024, 24, 4096, 16), ("So400m/14", 1152, 27, 4304, 16)],
+)
 def test_size_table_matches_the_released_models(variant, width, depth, mlp, heads):
     cfg = ModelConfig.from_variant(variant)
     assert (cfg.image.width, cfg.image.depth, cfg.image.mlp_dim, cfg.image.heads) == (width, depth, mlp, heads)

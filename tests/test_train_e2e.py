@@ -13,13 +13,29 @@ from siglip.evaluators import run_evals
 
 from .conftest import REPO
 
-FAST = ["--config.model.image.depth=1", "--config.model.text.depth=1", "--config.model.image_size=16",
-        "--config.train.log_every=1", "--config.data.num_workers=1", "--batch-size", "32"]
+FAST = [
+    "--config.model.image.depth=1",
+    "--config.model.text.depth=1",
+    "--config.model.image_size=16",
+    "--config.train.log_every=1",
+    "--config.data.num_workers=1",
+    "--batch-size",
+    "32",
+]
 
 
 def train(tmp_path, out, *extra):
-    cmd = [sys.executable, str(REPO / "training/train.py"), "--config", str(REPO / "configs/demo_config.py"),
-           "--output-dir", str(out), f"--config.data.digits_root={tmp_path.parent / 'digits'}", *FAST, *extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "training/train.py"),
+        "--config",
+        str(REPO / "configs/demo_config.py"),
+        "--output-dir",
+        str(out),
+        f"--config.data.digits_root={tmp_path.parent / 'digits'}",
+        *FAST,
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -45,6 +61,7 @@ def test_demo_trains_saves_loads_and_evaluates(tmp_path):
     ids = model.tokenizer(["a handwritten seven", "digit 3"])
     assert ids.shape == (2, 16)
     from PIL import Image
+
     pixels = model.preprocess(Image.new("L", (32, 32), 255))[None]
     assert pixels.shape == (1, 3, 16, 16)
     zimg, ztxt = model.encode_image(pixels), model.encode_text(ids)
@@ -68,7 +85,12 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
 
 
 def test_unknown_config_key_fails_before_training(tmp_path):
-    cmd = [sys.executable, str(REPO / "training/train.py"), "--config", str(REPO / "configs/demo_config.py"),
-           "--config.optim.lrr=1"]
+    cmd = [
+        sys.executable,
+        str(REPO / "training/train.py"),
+        "--config",
+        str(REPO / "configs/demo_config.py"),
+        "--config.optim.lrr=1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode != 0 and "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)" in proc.stderr
