@@ -1,7 +1,6 @@
 """Two gloo processes on the CPU == one process on the concatenated batch (DDP, FSDP2, accumulation),
 full checkpoints across strategies, SLURM variables, and torchrun + training/train.py with --resume."""
 
-import copy
 import functools
 import os
 import subprocess
