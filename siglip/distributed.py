@@ -105,6 +105,15 @@ def broadcast_object(obj, rt: Runtime):
     return box[0]
 
 
+def sum_over_ranks(x: float, rt: Runtime) -> float:
+    """Sum of a number over ranks (e.g. skipped samples); every rank must call it."""
+    if rt.group is None:
+        return x
+    t = torch.tensor(float(x), dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, group=rt.group)
+    return t.item()
+
+
 def barrier(rt: Runtime) -> None:
     if rt.group is not None:
         dist.barrier()
@@ -115,22 +124,29 @@ def barrier(rt: Runtime) -> None:
 
 
 class _AllGather(torch.autograd.Function):
-    """(n, d) on each rank -> (world * n, d) in rank order. Backward: the gradient of the gathered
-    tensor summed over ranks, sliced to this rank's rows (the sum makes world x dL/dz_local when
-    every rank computes the same loss)."""
+    """(n_r, d) on rank r -> (sum_r n_r, d) in rank order (ranks may hold different counts when some
+    images failed to decode). Backward: the gradient of the gathered tensor summed over ranks, this
+    rank's rows (the sum makes world x dL/dz_local when every rank computes the same loss)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, group: dist.ProcessGroup) -> Tensor:
-        ctx.group, ctx.rank, ctx.n = group, dist.get_rank(group), x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts)
+        world = dist.get_world_size(group)
+        sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor(x.shape[0], device=x.device), group=group)
+        sizes = [int(n) for n in sizes]
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=group)
+        rank = dist.get_rank(group)
+        ctx.group, ctx.start, ctx.n = group, sum(sizes[:rank]), x.shape[0]
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
-        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None
+        return grad[ctx.start : ctx.start + ctx.n], None
 
 
 def all_gather_with_grad(x: Tensor, group: dist.ProcessGroup) -> Tensor:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .data import CAPTION_COLUMNS
 
@@ -229,6 +229,22 @@ class TarStream(IterableDataset):
         }
 
 
+def stream_loader(dataset: TarStream, epoch: int, start: int, steps: int, num_workers: int) -> Iterator[dict]:
+    """Batches `start` to `steps` of an epoch of a repeating stream: every rank makes exactly as many
+    (a rank whose shards run out starts another pass), so no rank waits at the epoch end."""
+    if not dataset.repeat:
+        raise ValueError("training needs a repeating stream (TarStream(..., repeat=True))")
+    dataset.set_epoch(epoch, start)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers else None,
+    )
+    return itertools.islice(loader, steps - start)
+
+
 def count_samples(shards: list[str]) -> int:
     """Samples (keys with an image member) in the shards, reading tar headers only."""
     n = 0
@@ -248,7 +264,7 @@ def read_captions(shards: list[str], limit: int, caption_key: str = "") -> list[
     """Up to `limit` captions from the first shards (for training a tokenizer); no image decoding."""
     captions, errors = [], [0]
     for path in shards:
-        for key, parts in tar_samples(path, errors):
+        for _key, parts in tar_samples(path, errors):
             if "txt" in parts and not caption_key:
                 captions.append(parts["txt"].decode("utf-8", "replace").strip())
             elif "json" in parts:
