@@ -3,6 +3,8 @@ full checkpoints across strategies, SLURM variables, and torchrun + training/tra
 
 import functools
 import os
+import runpy
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +130,9 @@ def test_slurm_variables():
 
 
 # --------------------------------------------------------------------------------------------------
-# The script: torchrun with 2 processes, stopped and resumed, ends where one process ends
+# The script: 2 processes (torchrun's environment variables), stopped and resumed, end where one
+# process ends. (Processes are started directly rather than through the torchrun launcher to save
+# two interpreter starts; torchrun sets exactly these variables.)
 
 CONFIG = """
 from siglip.config import Config, ModelConfig
@@ -136,11 +140,9 @@ from siglip.config import Config, ModelConfig
 def get_config():
     cfg = Config()
     cfg.model = ModelConfig.from_variant("mu/4", image_size=16, text_length=8, vocab_size=64)
-    cfg.data.path = "digits"
-    cfg.data.digits_root = {digits!r}
     cfg.data.num_workers = 0
-    cfg.tokenizer.vocab_size = 64
-    cfg.train.batch_size = 16
+    cfg.tokenizer.vocab_size = 40
+    cfg.train.batch_size = 8
     cfg.train.steps = 4
     cfg.train.device = "cpu"
     cfg.train.log_every = 1
@@ -149,27 +151,52 @@ def get_config():
 """
 
 
-def run(args, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return out
+def write_data(root: Path) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    lines = ["image,caption"]
+    for i in range(24):
+        pixels = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        lines.append(f"{i}.png,a photo of thing number {i % 7} in colour {i % 3}")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    (root / "tiny_config.py").write_text(CONFIG)
+    return root / "pairs.csv"
 
 
-@pytest.mark.parametrize("strategy", ["ddp"])
-def test_torchrun_resume_equals_single_process(tmp_path, strategy):
-    cfg = tmp_path / "tiny_config.py"
-    cfg.write_text(CONFIG.format(digits=str(tmp_path / "digits")))
-    single = [sys.executable, "training/train.py", "--config", str(cfg), "--output-dir", str(tmp_path / "one")]
-    run(single)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    multi = [*torchrun, "training/train.py", "--config", str(cfg), "--output-dir", str(tmp_path / "two")]
-    multi += [f"--config.train.strategy={strategy}"]
-    run([*multi, "--config.train.stop_at_step=2"])
-    run([*multi, "--resume"])
+def run_two(args: list[str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+        env.update(MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        )
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out.decode()[-4000:]
+
+
+def test_two_processes_resumed_equal_one_process(tmp_path, monkeypatch):
+    data = write_data(tmp_path)
+    args = ["training/train.py", "--config", str(tmp_path / "tiny_config.py"), "--data-path", str(data)]
+    monkeypatch.setattr(sys, "argv", [*args, "--output-dir", str(tmp_path / "one")])
+    runpy.run_path(str(ROOT / "training/train.py"), run_name="__main__")  # one process, in this one
+    multi = [*args, "--output-dir", str(tmp_path / "two"), "--config.train.strategy=ddp"]
+    run_two([*multi, "--config.train.stop_at_step=2"])
+    run_two([*multi, "--resume"])
     one = torch.load(tmp_path / "one" / "siglip_tiny.pt", weights_only=True)["state_dict"]
     two = torch.load(tmp_path / "two" / "siglip_tiny.pt", weights_only=True)["state_dict"]
     for k, v in one.items():
-        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5, msg=k)
+        # attention key biases have an exactly-zero gradient (a softmax ignores a constant per query);
+        # Adam turns their float noise into lr-sized steps that differ with the summation order
+        if not k.endswith("attn.k.bias"):
+            torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5, msg=k)
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len([x for x in lines if '"loss"' in x]) == 4  # rank 0 alone logs: one line per step
