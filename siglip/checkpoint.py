@@ -46,13 +46,16 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str) -> dict:
-    """The dict that a model file holds (tensors moved to the CPU)."""
+def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict: dict | None = None) -> dict:
+    """The dict that a model file holds (tensors moved to the CPU). `state_dict`: the model's
+    tensors when they are gathered elsewhere (a sharded model: `siglip.distributed.full_model_state`)."""
+    if state_dict is None:
+        state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
         "format": FORMAT,
         "version": VERSION,
         "model_config": dataclasses.asdict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
         "tokenizer": {
             "proto": torch.frombuffer(bytearray(tokenizer.proto), dtype=torch.uint8),
             "length": tokenizer.length,
@@ -61,8 +64,10 @@ def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str) -> dict:
     }
 
 
-def save_model(path: str | Path, model: SigLIP, tokenizer: Tokenizer, resample: str = "bicubic") -> None:
-    atomic_save(model_payload(model, tokenizer, resample), path)
+def save_model(
+    path: str | Path, model: SigLIP, tokenizer: Tokenizer, resample: str = "bicubic", state_dict: dict | None = None
+) -> None:
+    atomic_save(model_payload(model, tokenizer, resample, state_dict), path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -119,11 +124,16 @@ def save_train_state(
     scheduler: Any,
     step: int,
     config: dict,
+    *,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> None:
-    """A model file plus what `--resume` needs to continue exactly where this step left off."""
-    payload = model_payload(model, tokenizer, resample)
+    """A model file plus what `--resume` needs to continue exactly where this step left off.
+    `model_state` / `optimizer_state`: gathered full states of a distributed run
+    (`siglip.distributed.full_model_state` / `full_optimizer_state`, keyed by parameter name)."""
+    payload = model_payload(model, tokenizer, resample, model_state)
     payload.update(
-        optimizer=optimizer.state_dict(),
+        optimizer=optimizer.state_dict() if optimizer_state is None else optimizer_state,
         scheduler=scheduler.state_dict(),
         step=step,
         config=config,
@@ -137,8 +147,14 @@ def load_train_state(path: str | Path, model: SigLIP, optimizer: torch.optim.Opt
     payload = read_checkpoint(path)
     if "optimizer" not in payload:
         raise ValueError(f"{path}: a model file without training state; it cannot be resumed from")
-    model.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
+    groups = payload["optimizer"]["param_groups"]
+    if any(isinstance(p, str) for g in groups for p in g["params"]):  # by name: any strategy/world size
+        from .distributed import load_full_state
+
+        load_full_state(model, optimizer, payload["state_dict"], payload["optimizer"])
+    else:
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["torch_rng"])
     return int(payload["step"])

@@ -97,6 +97,11 @@ class DataConfig:
     horizontal_flip: bool = False
     color_jitter: float = 0.0  # strength for brightness/contrast/saturation; 0 = off
     digits_root: str = "data/digits"
+    # webdataset tar shards (`--data-path '/data/{00000..00099}.tar'`); the caption is KEY.txt or the
+    # `caption_column` field of KEY.json
+    shuffle_buffer: int = 1000  # samples held for shuffling, per worker; 0 = stream order
+    resampled: bool = False  # draw shards with replacement forever (no epoch end); needs epoch_samples
+    epoch_samples: int = 0  # samples per epoch of a stream; 0 = count them (non-resampled only)
 
 
 @dataclass
@@ -160,6 +165,10 @@ class TrainConfig:
     stop_at_step: int = 0  # end this run early at this step (time-sliced jobs; tests); 0 = never
     output_dir: str = "./checkpoints"
     pretrained_path: str = ""
+    # many processes (torchrun/SLURM) and small memory; batch_size is the global batch
+    strategy: str = "ddp"  # "ddp" (replicate) or "fsdp" (FSDP2: shard each transformer block)
+    micro_batch_size: int = 0  # per-rank micro-batch for exact accumulation (GradCache); 0 = off
+    activation_checkpointing: bool = False  # recompute each transformer block in the backward
 
 
 @dataclass

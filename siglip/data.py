@@ -4,7 +4,8 @@
 - a file ending .csv / .tsv / .jsonl: a manifest, one image path and one caption per row (columns
   found among common names or named in the config); relative paths resolve against its folder;
 - a folder: every image in it (recursively) with a same-named `.txt` caption beside it;
-- `digits`: the bundled demo data (see `siglip.digits`).
+- `digits`: the bundled demo data (see `siglip.digits`);
+- tar shards (`'/data/{00000..00099}.tar'`): streamed by `siglip.webdataset`, not listed here.
 
 A corrupt or missing image is skipped and counted (batches carry the count); a malformed manifest
 row is an error naming the file and line.
@@ -153,7 +154,7 @@ def find_pairs(data_path: str, image_column: str = "", caption_column: str = "",
         return read_manifest(p, image_column, caption_column)
     raise FileNotFoundError(
         f"--data-path {data_path}: no such file or folder (expected a .csv/.tsv/.jsonl manifest, "
-        "a folder of images with .txt captions, or 'digits')"
+        "a folder of images with .txt captions, webdataset shards like 'dir/{00000..00099}.tar', or 'digits')"
     )
 
 
@@ -214,10 +215,17 @@ class Collate:
 
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of a seeded permutation for one epoch, starting at batch `start` (for resuming).
-    The last incomplete batch is dropped, unless the dataset is smaller than one batch."""
+    The last incomplete batch is dropped, unless the dataset is smaller than one batch.
+    With `world_size` > 1 each rank takes its contiguous slice of every global batch, so the ranks
+    together see exactly the batches of a single-process run."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ):
         self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
+        if min(batch_size, n) % world_size:
+            raise ValueError(f"batch of {min(batch_size, n)} pairs does not split over {world_size} processes")
 
     def __len__(self) -> int:
         return steps_per_epoch(self.n, self.batch_size) - self.start
@@ -226,8 +234,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         bs = min(self.batch_size, self.n)
+        local = bs // self.world_size
         for k in range(self.start, steps_per_epoch(self.n, self.batch_size)):
-            yield order[k * bs : (k + 1) * bs]
+            yield order[k * bs : (k + 1) * bs][self.rank * local : (self.rank + 1) * local]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -235,13 +244,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def epoch_loader(
-    dataset: PairDataset, tokenizer: Tokenizer, batch_size: int, epoch: int, start: int, num_workers: int
+    dataset: PairDataset,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    epoch: int,
+    start: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """The loader for one epoch from batch `start`; decoding and resizing run in `num_workers` processes."""
+    """The loader for one epoch from batch `start`; decoding and resizing run in `num_workers` processes.
+    `batch_size` is the global batch; this rank gets its 1/world_size slice of each."""
     dataset.set_epoch(epoch)
     return DataLoader(
         dataset,
-        batch_sampler=EpochBatchSampler(len(dataset), batch_size, dataset.seed, epoch, start),
+        batch_sampler=EpochBatchSampler(len(dataset), batch_size, dataset.seed, epoch, start, rank, world_size),
         collate_fn=Collate(tokenizer),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),

@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .config import ModelConfig, TowerConfig
@@ -72,16 +73,21 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """`depth` blocks, then the final LayerNorm."""
+    """`depth` blocks, then the final LayerNorm. With `checkpoint_blocks` (a training switch, not
+    architecture) each block's activations are recomputed in the backward instead of kept."""
 
     def __init__(self, cfg: TowerConfig, gelu: str):
         super().__init__()
         self.blocks = nn.ModuleList([Block(cfg, gelu) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=LN_EPS)
+        self.checkpoint_blocks = False
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
-            x = block(x)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.norm(x)
 
 
