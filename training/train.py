@@ -29,7 +29,7 @@ from siglip.checkpoint import (
 from siglip.config import model_config_from_dict, parse_train_args, run_name, to_dict
 from siglip.data import PairDataset, epoch_loader, find_pairs, steps_per_epoch
 from siglip.evaluators import run_evals
-from siglip.loss import get_loss
+from siglip.loss import loss_from_config
 from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
 from siglip.optim import build_optimizer, build_scheduler
@@ -97,7 +97,7 @@ model = SigLIP(cfg.model)
 if payload is not None:
     model.load_state_dict(payload["state_dict"])
 model.to(device)
-loss_fn = get_loss(cfg.loss.name)
+loss_fn = loss_from_config(cfg.loss)  # zimg, ztxt, t, b -> loss
 optimizer = build_optimizer(model, cfg.optim)
 scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
 step = load_train_state(checkpoint_path, model, optimizer, scheduler) if run.resume else 0
