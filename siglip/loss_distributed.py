@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -43,6 +42,29 @@ from siglip.loss import (
 )
 
 METHODS = ("ring", "all_gather")
+
+
+class _AllGather(torch.autograd.Function):
+    """(n, d) on each rank -> (world * n, d), rank-major, on every rank. backward: each rank's block
+    gets the sum over ranks of the gradients for it (an all-reduce, which every backend has)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, group) -> Tensor:
+        ctx.group, ctx.n, ctx.rank = group, z.shape[0], dist.get_rank(group)
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, z.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None
+
+
+def all_gather_with_grad(z: Tensor, group) -> Tensor:
+    """The global batch (world * n, d) from every rank's (n, d), differentiable."""
+    return _AllGather.apply(z, group)
 
 
 def _local_size(z: Tensor, group) -> int:
@@ -68,9 +90,9 @@ def distributed_sigmoid_loss(
     if dist.get_world_size(group) == 1:
         return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile)
     if method == "all_gather":
-        all_img = torch.cat(dist_fn.all_gather(zimg.float().contiguous(), group=group))
-        all_txt = torch.cat(dist_fn.all_gather(ztxt.float().contiguous(), group=group))
-        # every rank computes the same full loss; all_gather's backward sums the W identical
+        all_img = all_gather_with_grad(zimg.float(), group)
+        all_txt = all_gather_with_grad(ztxt.float(), group)
+        # every rank computes the same full loss; the gather's backward sums the W identical
         # gradients of each rank's block, giving W * dL/dz_local as the convention says
         return _BlockwiseSigmoidLoss.apply(all_img, all_txt, t, b, neg, tile)
     return _RingSigmoidLoss.apply(zimg, ztxt, t, b, group, neg, tile)
@@ -185,8 +207,8 @@ def distributed_softmax_loss(zimg: Tensor, ztxt: Tensor, t: Tensor, group) -> Te
     w, rank = dist.get_world_size(group), dist.get_rank(group)
     big_n = w * n
     zimg, ztxt, t = zimg.float().contiguous(), ztxt.float().contiguous(), t.float()
-    all_img = torch.cat(dist_fn.all_gather(zimg, group=group))  # (N, d), with gradients
-    all_txt = torch.cat(dist_fn.all_gather(ztxt, group=group))
+    all_img = all_gather_with_grad(zimg, group)  # (N, d), with gradients
+    all_txt = all_gather_with_grad(ztxt, group)
     labels = torch.arange(rank * n, rank * n + n, device=zimg.device)
     local = (
         F.cross_entropy(t * (zimg @ all_txt.T), labels, reduction="sum")  # (n, N) image -> text
@@ -195,5 +217,5 @@ def distributed_softmax_loss(zimg: Tensor, ztxt: Tensor, t: Tensor, group) -> Te
     total = local.detach().clone()
     dist.all_reduce(total, group=group)
     # value: the global loss; gradient: w * this rank's share. all_gather's backward sums the
-    # shares' gradients over ranks, so z_local gets w * dL/dz_local and t's mean over ranks is dL/dt
+    # shares' gradients over ranks (all_gather_with_grad), so z_local gets w * dL/dz_local and t's mean over ranks is dL/dt
     return w * local + (total - w * local).detach()
