@@ -268,7 +268,7 @@ class _BlockwiseSigmoidLoss(torch.autograd.Function):
             )
         blk = block_sweep(x, y, float(tf), bf, 0, 0, neg, thr, tile, want_grad)
         if want_grad:
-            gt = (x * blk.gimg).sum(dtype=torch.float64) / n  # before gimg is scaled in place
+            gt = torch.dot(x.view(-1), blk.gimg.view(-1)) / n  # no (n, d) temporary; before gimg is scaled
             stash_grads(ctx, (zimg, ztxt, t, b), blk.gimg.mul_(tf / n), blk.gtxt.mul_(tf / n), gt, blk.gsum / n)
         return (blk.loss / n).float()
 

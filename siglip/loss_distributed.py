@@ -188,7 +188,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
         dist.all_reduce(total, group=group)
         if want_grad:
             # this rank's share of dL/dt and dL/db, times w so that their mean over ranks is dL/dt
-            gt = (x * gimg).sum(dtype=torch.float64) * (w / big_n)
+            gt = torch.dot(x.view(-1), gimg.view(-1)) * (w / big_n)
             scale = tf * (w / big_n)
             stash_grads(ctx, (zimg, ztxt, t, b), gimg.mul_(scale), grad_in.mul_(scale), gt, gsum * (w / big_n))
         return (total / big_n).float()
