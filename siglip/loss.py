@@ -252,8 +252,8 @@ class _BlockwiseSigmoidLoss(torch.autograd.Function):
     backward."""
 
     @staticmethod
-    def forward(ctx, zimg, ztxt, t, b, neg: NegativeSampling, tile: int):
-        want_grad = any(ctx.needs_input_grad[:4])
+    def forward(ctx, zimg, ztxt, t, b, neg: NegativeSampling, tile: int, grad_enabled: bool):
+        want_grad = grad_enabled and any(ctx.needs_input_grad[:4])
         x, y, tf, bf = _as_float_params(zimg, ztxt, t, b)
         n = x.shape[0]
         tile = tile or default_tile(n, n)
@@ -274,7 +274,7 @@ class _BlockwiseSigmoidLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return (*scaled_grads(ctx, grad), None, None)
+        return (*scaled_grads(ctx, grad), None, None, None)
 
 
 def stash_grads(ctx, inputs: tuple[Tensor, ...], *grads: Tensor) -> None:
@@ -338,7 +338,8 @@ def sigmoid_loss(
 
         return distributed_sigmoid_loss(zimg, ztxt, t, b, group, neg, tile, method)
     _check_pairs(zimg, ztxt)
-    return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile)
+    # inside forward, ctx.needs_input_grad ignores torch.no_grad(): pass the grad mode along
+    return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
 
 
 def _check_pairs(zimg: Tensor, ztxt: Tensor) -> None:

@@ -88,14 +88,14 @@ def distributed_sigmoid_loss(
         raise ValueError(f"unknown distributed loss method {method!r}: choose one of {list(METHODS)}")
     _local_size(zimg, group)
     if dist.get_world_size(group) == 1:
-        return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile)
+        return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
     if method == "all_gather":
         all_img = all_gather_with_grad(zimg.float(), group)
         all_txt = all_gather_with_grad(ztxt.float(), group)
         # every rank computes the same full loss; the gather's backward sums the W identical
         # gradients of each rank's block, giving W * dL/dz_local as the convention says
-        return _BlockwiseSigmoidLoss.apply(all_img, all_txt, t, b, neg, tile)
-    return _RingSigmoidLoss.apply(zimg, ztxt, t, b, group, neg, tile)
+        return _BlockwiseSigmoidLoss.apply(all_img, all_txt, t, b, neg, tile, torch.is_grad_enabled())
+    return _RingSigmoidLoss.apply(zimg, ztxt, t, b, group, neg, tile, torch.is_grad_enabled())
 
 
 class _Ring:
@@ -136,8 +136,8 @@ class _Ring:
 
 class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, zimg, ztxt, t, b, group, neg: NegativeSampling, tile: int):
-        want_grad = any(ctx.needs_input_grad[:4])
+    def forward(ctx, zimg, ztxt, t, b, group, neg: NegativeSampling, tile: int, grad_enabled: bool):
+        want_grad = grad_enabled and any(ctx.needs_input_grad[:4])
         x, y, tf, bf = _as_float_params(zimg, ztxt, t, b)
         ring = _Ring(group)
         w, n = ring.world, x.shape[0]
@@ -195,7 +195,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return (*scaled_grads(ctx, grad), None, None, None)
+        return (*scaled_grads(ctx, grad), None, None, None, None)
 
 
 def distributed_softmax_loss(zimg: Tensor, ztxt: Tensor, t: Tensor, group) -> Tensor:

@@ -127,3 +127,17 @@ def test_loss_from_config():
     cfg = LossConfig(negatives="hard", negative_ratio=0.5, tile=5)
     assert_close(loss_from_config(cfg)(*batch), dense_sigmoid_loss(*batch, negatives="hard", ratio=0.5))
     assert_close(loss_from_config(LossConfig(name="softmax"))(*batch), softmax_loss(*batch))
+
+
+def test_no_grad_skips_the_gradient_products(monkeypatch):
+    import siglip.loss as loss_module
+
+    wanted = []
+    sweep = loss_module.block_sweep
+    monkeypatch.setattr(loss_module, "block_sweep", lambda *a: wanted.append(a[9]) or sweep(*a))
+    zimg, ztxt, t, b = make_batch(8, 4)
+    with torch.no_grad():
+        sigmoid_loss(zimg, ztxt, t, b)
+    sigmoid_loss(zimg.detach(), ztxt.detach(), t.detach(), b.detach())
+    sigmoid_loss(zimg, ztxt, t, b)
+    assert wanted == [False, False, True]
