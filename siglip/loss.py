@@ -239,6 +239,7 @@ def select_step(hist: Tensor, prefix: Tensor, krem: Tensor) -> tuple[Tensor, Ten
 
 
 def _as_float_params(zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor):
+    """The inputs as float32 without autograd history (a no-op for float32 inputs)."""
     return (
         zimg.detach().float().contiguous(),
         ztxt.detach().float().contiguous(),
@@ -333,13 +334,14 @@ def sigmoid_loss(
     averaging reproduces one process on the concatenated batch.
     """
     neg = NegativeSampling(negatives, ratio, seed)
-    if group is not None:
-        from siglip.loss_distributed import distributed_sigmoid_loss
+    with torch.autocast(zimg.device.type, enabled=False):  # float32 products even under autocast
+        if group is not None:
+            from siglip.loss_distributed import distributed_sigmoid_loss
 
-        return distributed_sigmoid_loss(zimg, ztxt, t, b, group, neg, tile, method)
-    _check_pairs(zimg, ztxt)
-    # inside forward, ctx.needs_input_grad ignores torch.no_grad(): pass the grad mode along
-    return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
+            return distributed_sigmoid_loss(zimg, ztxt, t, b, group, neg, tile, method)
+        _check_pairs(zimg, ztxt)
+        # inside forward, ctx.needs_input_grad ignores torch.no_grad(): pass the grad mode along
+        return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
 
 
 def _check_pairs(zimg: Tensor, ztxt: Tensor) -> None:
@@ -354,14 +356,15 @@ def softmax_loss(zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor | None = None,
     `b` is accepted for a common signature and ignored (a softmax is invariant to it).
     With `group`, the loss of the global batch (all-gather with gradients; same convention as the
     distributed sigmoid loss, see `siglip.loss_distributed`)."""
-    if group is not None:
-        from siglip.loss_distributed import distributed_softmax_loss
+    with torch.autocast(zimg.device.type, enabled=False):  # float32 products even under autocast
+        if group is not None:
+            from siglip.loss_distributed import distributed_softmax_loss
 
-        return distributed_softmax_loss(zimg, ztxt, t, group)
-    zimg, ztxt, t = zimg.float(), ztxt.float(), t.float()
-    logits = t * (zimg @ ztxt.T)  # (n, n)
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            return distributed_softmax_loss(zimg, ztxt, t, group)
+        zimg, ztxt, t = zimg.float(), ztxt.float(), t.float()
+        logits = t * (zimg @ ztxt.T)  # (n, n)
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 LOSSES = {"sigmoid": sigmoid_loss, "softmax": softmax_loss}

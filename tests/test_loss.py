@@ -141,3 +141,10 @@ def test_no_grad_skips_the_gradient_products(monkeypatch):
     sigmoid_loss(zimg.detach(), ztxt.detach(), t.detach(), b.detach())
     sigmoid_loss(zimg, ztxt, t, b)
     assert wanted == [False, False, True]
+
+
+def test_float32_under_autocast():
+    batch = make_batch(16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sigmoid_loss(*batch, negatives="hard", ratio=0.5, tile=5)
+    assert_close(loss, dense_sigmoid_loss(*batch, negatives="hard", ratio=0.5))
