@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from siglip.accumulate import forward_backward  # noqa: E402
 from siglip.config import ModelConfig, OptimConfig  # noqa: E402
-from siglip.distributed import Runtime, global_loss, wrap_model  # noqa: E402
+from siglip.distributed import Runtime, wrap_model  # noqa: E402
 from siglip.loss import sigmoid_loss  # noqa: E402
 from siglip.model import SigLIP  # noqa: E402
 from siglip.optim import build_optimizer  # noqa: E402
@@ -78,7 +78,7 @@ def one_step(rank: int, world: int, init: str, args, micro: int, out: str) -> No
     g = torch.Generator().manual_seed(rank)
     pixels = torch.rand(n, 3, args.image_size, args.image_size, generator=g) * 2 - 1
     ids = torch.randint(0, 1000, (n, 16), generator=g)
-    loss_fn = functools.partial(global_loss, sigmoid_loss, group=group)
+    loss_fn = functools.partial(sigmoid_loss, group=group)
     t0 = time.perf_counter()
     with PeakRSS() as mem:
         optimizer.zero_grad(set_to_none=True)

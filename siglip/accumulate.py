@@ -37,7 +37,7 @@ def forward_backward(
 
     forward: what to call for embeddings (`model`, or its DDP wrapper); model: the SigLIP (t', b).
     pixels (n, 3, S, S), ids (n, L): this rank's batch. loss_fn: the loss over the global batch
-    (`siglip.distributed.global_loss` with the group bound). micro_batch_size: 0 or >= n = one pass.
+    (`siglip.loss.sigmoid_loss` or `softmax_loss` with the group bound). micro_batch_size: 0 or >= n = one pass.
     """
     n = pixels.shape[0]
     if micro_batch_size <= 0 or micro_batch_size >= n:

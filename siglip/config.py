@@ -116,6 +116,13 @@ class TokenizerConfig:
 @dataclass
 class LossConfig:
     name: str = "sigmoid"  # "sigmoid" (SigLIP) or "softmax" (CLIP's InfoNCE, the paper's baseline)
+    # negative sampling of the sigmoid loss (paper Fig. 6): all, random, hard or easy, keeping this
+    # fraction of each image's negatives; random draws from this seed (over global batch indices)
+    negatives: str = "all"
+    negative_ratio: float = 1.0
+    negative_seed: int = 0
+    tile: int = 0  # side of the sigmoid loss's tiles; 0 = chosen from the batch size
+    distributed: str = "ring"  # with several processes: "ring" (the paper's) or "all_gather"
 
 
 @dataclass

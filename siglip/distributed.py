@@ -5,9 +5,10 @@
 
 Conventions:
 - The global batch is split evenly: each rank holds `batch_size / world_size` pairs.
-- `global_loss` returns the GLOBAL loss (the same on every rank). Its backward gives each rank's local
-  embeddings world_size x dL/dz_local and gives t and b gradients whose mean over ranks is dL/dt
-  (dL/db), so gradient averaging across ranks (DDP, FSDP2) equals one process on the whole batch.
+- The losses with a group (`siglip.loss`, `siglip.loss_distributed`) return the GLOBAL loss (the same
+  on every rank). Their backward gives each rank's local embeddings world_size x dL/dz_local and
+  t and b gradients whose mean over ranks is dL/dt (dL/db), so gradient averaging across ranks
+  (DDP, FSDP2) equals one process on the whole batch.
 - Strategy "ddp" replicates the model; "fsdp" shards every transformer block and each tower with
   FSDP2's `fully_shard`. t' and b stay ordinary replicated tensors in both (FSDP2 would make them
   DTensors that cannot meet the plain embeddings in the loss); `sync_replicated_grads` averages
@@ -22,7 +23,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -117,51 +118,6 @@ def sum_over_ranks(x: float, rt: Runtime) -> float:
 def barrier(rt: Runtime) -> None:
     if rt.group is not None:
         dist.barrier()
-
-
-# --------------------------------------------------------------------------------------------------
-# The loss over the global batch (stand-in for the ring loss: every rank gathers all embeddings)
-
-
-class _AllGather(torch.autograd.Function):
-    """(n_r, d) on rank r -> (sum_r n_r, d) in rank order (ranks may hold different counts when some
-    images failed to decode). Backward: the gradient of the gathered tensor summed over ranks, this
-    rank's rows (the sum makes world x dL/dz_local when every rank computes the same loss)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group: dist.ProcessGroup) -> Tensor:
-        world = dist.get_world_size(group)
-        sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor(x.shape[0], device=x.device), group=group)
-        sizes = [int(n) for n in sizes]
-        padded = x.new_zeros((max(sizes), *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded, group=group)
-        rank = dist.get_rank(group)
-        ctx.group, ctx.start, ctx.n = group, sum(sizes[:rank]), x.shape[0]
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad[ctx.start : ctx.start + ctx.n], None
-
-
-def all_gather_with_grad(x: Tensor, group: dist.ProcessGroup) -> Tensor:
-    return _AllGather.apply(x, group)
-
-
-def global_loss(
-    loss_fn: Callable[..., Tensor], zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor, group: dist.ProcessGroup | None
-) -> Tensor:
-    """`loss_fn` over the global batch from this rank's (n_local, d) embeddings; see the module
-    docstring for the gradient convention. Memory: the (n_global, n_global) logits on every rank;
-    the ring sigmoid loss (`siglip.loss.sigmoid_loss(..., group=)`) keeps one block instead."""
-    if group is None:
-        return loss_fn(zimg, ztxt, t, b)
-    return loss_fn(all_gather_with_grad(zimg, group), all_gather_with_grad(ztxt, group), t, b)
 
 
 # --------------------------------------------------------------------------------------------------

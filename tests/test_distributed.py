@@ -23,7 +23,6 @@ from siglip.distributed import (
     first_slurm_host,
     full_model_state,
     full_optimizer_state,
-    global_loss,
     load_full_state,
     sync_replicated_grads,
     wrap_model,
@@ -56,7 +55,7 @@ def batch():
 def train_step(model, forward, rt, loss_fn, pixels, ids, micro):
     model.b.requires_grad_(loss_fn is not softmax_loss)  # as train.py: DDP must not wait for an unused b
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # first step: lr * grad
-    loss = forward_backward(forward, model, pixels, ids, functools.partial(global_loss, loss_fn, group=rt.group), micro)
+    loss = forward_backward(forward, model, pixels, ids, functools.partial(loss_fn, group=rt.group), micro)
     sync_replicated_grads(model, forward, rt)
     clip_grad_norm(model, MAX_NORM, rt)
     opt.step()

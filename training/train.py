@@ -16,7 +16,6 @@ Any config field: --config.KEY=VALUE (e.g. --config.train.precision=bf16). --res
 OUTPUT_DIR/checkpoint.pt. Writes OUTPUT_DIR/{config.json, metrics.jsonl, checkpoint.pt, siglip_<name>.pt}.
 """
 
-import functools
 import json
 import logging
 import sys
@@ -43,14 +42,13 @@ from siglip.distributed import (
     close_runtime,
     full_model_state,
     full_optimizer_state,
-    global_loss,
     init_runtime,
     sum_over_ranks,
     sync_replicated_grads,
     wrap_model,
 )
 from siglip.evaluators import check_evals, run_evals
-from siglip.loss import get_loss
+from siglip.loss import loss_from_config
 from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
 from siglip.optim import build_optimizer, build_scheduler
@@ -168,8 +166,8 @@ model.image.encoder.checkpoint_blocks = model.text.encoder.checkpoint_blocks = t
 if cfg.loss.name == "softmax":
     model.b.requires_grad_(False)  # a softmax ignores b: DDP must not wait for its gradient
 forward = wrap_model(model, rt, tc.strategy)  # DDP wrapper, or `model` sharded in place (FSDP2)
-# the loss over the GLOBAL batch from this rank's embeddings: the one place for the ring loss
-compute_loss = functools.partial(global_loss, get_loss(cfg.loss.name), group=rt.group)
+# zimg, ztxt, t, b -> the loss over the GLOBAL batch from this rank's embeddings (the paper's ring)
+compute_loss = loss_from_config(cfg.loss, group=rt.group)
 optimizer = build_optimizer(model, cfg.optim)
 scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
 step = load_train_state(checkpoint_path, model, optimizer, scheduler) if run.resume else 0
