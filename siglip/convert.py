@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .checkpoint import FORMAT, VERSION, read_checkpoint
 from .config import SIZES, ModelConfig, TowerConfig
-from .model import SigLIP
+from .model import SigLIP, resize_pos_embed
 
 # --------------------------------------------------------------------------------------------------
 # Key maps. A rule maps one source tensor to one or more of our tensors:
@@ -613,6 +613,39 @@ def load_payload(path: str | Path, tokenizer: str | Path | None = None) -> dict:
         f"{path}: unknown checkpoint format (first keys {sorted(state)[:5]}); expected our model file, Hugging "
         "Face SigLIP (vision_model./text_model.), open_clip SigLIP (visual.trunk./text.) or a big_vision .npz"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning entry point
+
+
+def load_pretrained(path: str | Path, tokenizer: str | Path | None = None, image_size: int = 0) -> dict:
+    """`load_payload`, then position embeddings resized (bilinear) when fine-tuning at another
+    resolution: `image_size` > 0 and != the checkpoint's. t' and b come with the state dict."""
+    payload = load_payload(path, tokenizer)
+    cfg = payload["model_config"]
+    if image_size and image_size != cfg["image_size"] and "image.pos_embed" in payload["state_dict"]:
+        if image_size % cfg["patch_size"]:
+            raise ValueError(
+                f"finetune image size {image_size} is not a multiple of the patch size {cfg['patch_size']}"
+            )
+        sd = payload["state_dict"]
+        sd["image.pos_embed"] = resize_pos_embed(sd["image.pos_embed"], image_size // cfg["patch_size"])
+        cfg["image_size"] = payload["preprocess"]["image_size"] = image_size
+    return payload
+
+
+def load_into(model: SigLIP, payload: dict, where: str | Path) -> None:
+    """Copy the payload's weights into `model`. A full payload must match exactly; a standalone
+    image tower (`partial`) fills only `model.image` (LiT-style: pretrained image tower, new text)."""
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    tower = payload.get("partial")
+    allowed = [k for k in missing if tower and not k.startswith(f"{tower}.")]
+    if unexpected or len(allowed) != len(missing):
+        raise ValueError(
+            f"{where}: weights do not fit the model (missing {[k for k in missing if k not in allowed][:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from siglip.checkpoint import (
     tokenizer_from_payload,
 )
 from siglip.config import model_config_from_dict, parse_train_args, run_name, to_dict
+from siglip.convert import load_into, load_pretrained
 from siglip.data import PairDataset, epoch_loader, find_pairs, steps_per_epoch
 from siglip.evaluators import run_evals
 from siglip.loss import get_loss
@@ -57,11 +58,18 @@ checkpoint_path = out_dir / "checkpoint.pt"
 # --------------------------------------------------------------------------------------------------
 # Data and tokenizer: the model file carries its tokenizer, so a fine-tune or a resume reuses it
 pairs = find_pairs(cfg.data.path, cfg.data.image_column, cfg.data.caption_column, cfg.data.digits_root)
-source = checkpoint_path if run.resume else tc.pretrained_path
-payload = read_checkpoint(source) if source else None
-if payload is not None:
+if run.resume:
+    payload = read_checkpoint(checkpoint_path)
+elif tc.pretrained_path:  # any format: ours, Hugging Face, open_clip, big_vision (siglip.convert)
+    payload = load_pretrained(tc.pretrained_path, tc.pretrained_tokenizer or None, tc.finetune_image_size)
+    if payload.get("partial") == "text":
+        raise ValueError(f"{tc.pretrained_path}: a text tower alone; fine-tuning needs a full model or an image tower")
+else:
+    payload = None
+if payload is not None and not payload.get("partial"):
     tokenizer = tokenizer_from_payload(payload)
     cfg.model = model_config_from_dict(payload["model_config"])  # the weights decide the architecture
+    cfg.data.resample = payload["preprocess"]["resample"]  # and the checkpoint's preprocessing
 elif cfg.tokenizer.path:
     tokenizer = Tokenizer.from_file(cfg.tokenizer.path, cfg.model.text_length)
 else:
@@ -95,7 +103,7 @@ log.info(
 # Model, loss, optimizer
 model = SigLIP(cfg.model)
 if payload is not None:
-    model.load_state_dict(payload["state_dict"])
+    load_into(model, payload, checkpoint_path if run.resume else tc.pretrained_path)
 model.to(device)
 loss_fn = get_loss(cfg.loss.name)
 optimizer = build_optimizer(model, cfg.optim)
