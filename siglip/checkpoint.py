@@ -6,7 +6,9 @@ Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weight
     tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int},
     preprocess: {"image_size": int, "resample": str}
 A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
-so it loads as a model too.
+so it loads as a model too. `siglip.convert` builds the same dict from Hugging Face, open_clip and
+big_vision checkpoints; one made from a standalone tower file also has partial: "image" or "text"
+(its state_dict holds only that tower).
 """
 
 from __future__ import annotations
