@@ -6,7 +6,9 @@ Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weight
     tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int},
     preprocess: {"image_size": int, "resample": str}
 A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
-so it loads as a model too.
+so it loads as a model too. `siglip.convert` builds the same dict from Hugging Face, open_clip and
+big_vision checkpoints; one made from a standalone tower file also has partial: "image" or "text"
+(its state_dict holds only that tower).
 """
 
 from __future__ import annotations
@@ -94,10 +96,20 @@ def tokenizer_from_payload(payload: dict) -> Tokenizer:
     return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]))
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> SigLIP:
+def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> SigLIP:
     """A ready-to-use model in eval mode, with `model.tokenizer` (list of str -> (n, L) ids) and
-    `model.preprocess` (PIL image -> (3, S, S) tensor) attached."""
-    payload = read_checkpoint(path)
+    `model.preprocess` (PIL image -> (3, S, S) tensor) attached.
+
+    `path`: our model file, a Hugging Face SigLIP folder or weights file, an open_clip SigLIP checkpoint
+    or a big_vision .npz (detected, see `siglip.convert`); `tokenizer`: a SentencePiece model for
+    formats that do not keep one beside the weights."""
+    from .convert import load_payload  # convert builds on this module
+
+    payload = load_payload(path, tokenizer)
+    if payload.get("partial"):
+        raise ValueError(
+            f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"
+        )
     cfg: ModelConfig = model_config_from_dict(payload["model_config"])
     model = SigLIP(cfg)
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)

@@ -137,6 +137,10 @@ class OptimConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 = off
+    # Fine-tuning: lr multiplier per tower; 0 freezes it (image_lr_mult=0 is the paper's SigLiT).
+    # t' and b always train at the base lr.
+    image_lr_mult: float = 1.0
+    text_lr_mult: float = 1.0
 
 
 @dataclass
@@ -171,7 +175,9 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between resumable checkpoints; 0 = only at the end
     stop_at_step: int = 0  # end this run early at this step (time-sliced jobs; tests); 0 = never
     output_dir: str = "./checkpoints"
-    pretrained_path: str = ""
+    pretrained_path: str = ""  # any format siglip.load reads (ours, Hugging Face, open_clip, big_vision)
+    pretrained_tokenizer: str = ""  # SentencePiece model, for checkpoints without one beside them
+    finetune_image_size: int = 0  # fine-tune at this resolution (position embeddings resized); 0 = the checkpoint's
     # many processes (torchrun/SLURM) and small memory; batch_size is the global batch
     strategy: str = "ddp"  # "ddp" (replicate) or "fsdp" (FSDP2: shard each transformer block)
     micro_batch_size: int = 0  # per-rank micro-batch for exact accumulation (GradCache); 0 = off

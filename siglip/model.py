@@ -157,6 +157,20 @@ class TextTower(nn.Module):
         return self.head(self.forward_features(ids)[:, -1])
 
 
+def resize_pos_embed(pos: Tensor, grid: int) -> Tensor:
+    """(1, g*g, d) position embeddings -> (1, grid*grid, d), resized as a 2-D image (bilinear, as
+    big_vision does for fine-tuning at another resolution). Used when loading, never in forward."""
+    n, d = pos.shape[1], pos.shape[2]
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"{n} position embeddings are not a square grid")
+    if g == grid:
+        return pos
+    img = pos.reshape(1, g, g, d).permute(0, 3, 1, 2)  # (1, d, g, g)
+    img = F.interpolate(img.float(), size=(grid, grid), mode="bilinear", align_corners=False, antialias=grid < g)
+    return img.permute(0, 2, 3, 1).reshape(1, grid * grid, d).to(pos.dtype)
+
+
 def l2_normalize(x: Tensor) -> Tensor:
     """x / (||x|| + 1e-8), as big_vision does."""
     return x / (x.norm(dim=-1, keepdim=True) + 1e-8)

@@ -19,20 +19,40 @@ def decays(name: str, p: torch.Tensor) -> bool:
     return p.ndim >= 2 and not any(k in name for k in NO_DECAY_NAMES)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups (decay / no decay) over the trainable parameters."""
-    decay, no_decay = [], []
+def lr_mult(name: str, cfg: OptimConfig) -> float:
+    """The tower's lr multiplier: `image.*` and `text.*` parameters; t' and b train at the base lr."""
+    tower = name.split(".")[0]
+    return {"image": cfg.image_lr_mult, "text": cfg.text_lr_mult}.get(tower, 1.0)
+
+
+def freeze_towers(model: nn.Module, cfg: OptimConfig) -> list[str]:
+    """requires_grad=False on every tower whose lr multiplier is 0 (SigLiT: the image tower), so
+    neither the update nor weight decay can touch it. Returns the frozen towers' names."""
+    frozen = [t for t, m in (("image", cfg.image_lr_mult), ("text", cfg.text_lr_mult)) if m == 0]
+    for t in frozen:
+        getattr(model, t).requires_grad_(False)
+    return frozen
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """AdamW groups over the trainable parameters: (decay or not) x (lr multiplier). Each group's
+    `lr` is the base lr times its multiplier, so the schedule scales all of them alike."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if decays(name, p) else no_decay).append(p)
+            groups.setdefault((decays(name, p), lr_mult(name, cfg)), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * mult}
+        for (decay, mult), ps in groups.items()
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    for key in ("image_lr_mult", "text_lr_mult"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"optim.{key} must be >= 0 (0 freezes the tower), got {getattr(cfg, key)}")
+    freeze_towers(model, cfg)
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

@@ -34,6 +34,7 @@ from siglip.checkpoint import (
     tokenizer_from_payload,
 )
 from siglip.config import model_config_from_dict, parse_train_args, run_name, to_dict
+from siglip.convert import load_into, load_pretrained
 from siglip.data import PairDataset, epoch_loader, find_pairs, steps_per_epoch
 from siglip.distributed import (
     barrier,
@@ -51,7 +52,7 @@ from siglip.evaluators import check_evals, run_evals
 from siglip.loss import loss_from_config
 from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
-from siglip.optim import build_optimizer, build_scheduler
+from siglip.optim import build_optimizer, build_scheduler, freeze_towers
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import image_transform
 from siglip.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
@@ -89,11 +90,18 @@ if streaming:
     shards = shard_list(cfg.data.path)
 else:
     pairs = find_pairs(cfg.data.path, cfg.data.image_column, cfg.data.caption_column, cfg.data.digits_root)
-source = checkpoint_path if run.resume else tc.pretrained_path
-payload = read_checkpoint(source) if source else None
-if payload is not None:
+if run.resume:
+    payload = read_checkpoint(checkpoint_path)
+elif tc.pretrained_path:  # any format: ours, Hugging Face, open_clip, big_vision (siglip.convert)
+    payload = load_pretrained(tc.pretrained_path, tc.pretrained_tokenizer or None, tc.finetune_image_size)
+    if payload.get("partial") == "text":
+        raise ValueError(f"{tc.pretrained_path}: a text tower alone; fine-tuning needs a full model or an image tower")
+else:
+    payload = None
+if payload is not None and not payload.get("partial"):
     tokenizer = tokenizer_from_payload(payload)
     cfg.model = model_config_from_dict(payload["model_config"])  # the weights decide the architecture
+    cfg.data.resample = payload["preprocess"]["resample"]  # and the checkpoint's preprocessing
 elif cfg.tokenizer.path:
     tokenizer = Tokenizer.from_file(cfg.tokenizer.path, cfg.model.text_length)
 else:  # trained on rank 0 (on the first 100k captions of a stream), sent to the others
@@ -160,11 +168,12 @@ def epoch_batches(epoch: int, start: int):
 # Model, loss, optimizer
 model = SigLIP(cfg.model)
 if payload is not None:
-    model.load_state_dict(payload["state_dict"])
+    load_into(model, payload, checkpoint_path if run.resume else tc.pretrained_path)
 model.to(device)
 model.image.encoder.checkpoint_blocks = model.text.encoder.checkpoint_blocks = tc.activation_checkpointing
 if cfg.loss.name == "softmax":
     model.b.requires_grad_(False)  # a softmax ignores b: DDP must not wait for its gradient
+freeze_towers(model, cfg.optim)  # SigLiT (lr multiplier 0) before wrapping: DDP must know what trains
 forward = wrap_model(model, rt, tc.strategy)  # DDP wrapper, or `model` sharded in place (FSDP2)
 # zimg, ztxt, t, b -> the loss over the GLOBAL batch from this rank's embeddings (the paper's ring)
 compute_loss = loss_from_config(cfg.loss, group=rt.group)
