@@ -115,6 +115,17 @@ def sum_over_ranks(x: float, rt: Runtime) -> float:
     return t.item()
 
 
+def common_batch_size(n: int, rt: Runtime) -> int:
+    """The smallest local batch over ranks. Skipped (unreadable) samples can leave ranks with
+    different counts, but the losses over a group need equal blocks and every rank must take the
+    same steps: each rank trains on its first `common_batch_size` pairs (0 = all skip the step)."""
+    if rt.group is None:
+        return n
+    t = torch.tensor(n, dtype=torch.long, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=rt.group)
+    return int(t.item())
+
+
 def barrier(rt: Runtime) -> None:
     if rt.group is not None:
         dist.barrier()

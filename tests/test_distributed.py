@@ -19,6 +19,7 @@ from siglip.config import ModelConfig
 from siglip.distributed import (
     Runtime,
     clip_grad_norm,
+    common_batch_size,
     env_from_slurm,
     first_slurm_host,
     full_model_state,
@@ -84,6 +85,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             dist.broadcast_object_list(everywhere, src=0)
             load_full_state(fresh, fresh_opt, *everywhere)
             results["fsdp_reloaded"] = {"state": full_model_state(fresh)}
+    # ranks left with different counts by unreadable images train on the smallest (0 = all skip)
+    results["common_batch_size"] = [common_batch_size((5, 3)[rank], rt), common_batch_size((4, 0)[rank], rt)]
     if rank == 0:
         torch.save(results, Path(out_dir) / "results.pt")
     dist.destroy_process_group()
@@ -94,6 +97,10 @@ def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     mp.start_processes(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn")
     return torch.load(tmp / "results.pt", weights_only=True)
+
+
+def test_ranks_agree_on_the_smallest_batch(two_ranks):
+    assert two_ranks["common_batch_size"] == [3, 0]
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -41,6 +41,7 @@ from siglip.distributed import (
     broadcast_object,
     clip_grad_norm,
     close_runtime,
+    common_batch_size,
     full_model_state,
     full_optimizer_state,
     init_runtime,
@@ -234,13 +235,12 @@ seen, skipped, t_last = 0, 0, time.perf_counter()
 end_step = min(total_steps, tc.stop_at_step) if tc.stop_at_step else total_steps
 while step < end_step:
     for batch in epoch_batches(step // spe, step % spe):
-        skipped += batch["skipped"]
-        if batch["pixels"] is None:
+        n = common_batch_size(0 if batch["pixels"] is None else batch["pixels"].shape[0], rt)
+        skipped += batch["skipped"] + (0 if batch["pixels"] is None else batch["pixels"].shape[0] - n)
+        if n == 0:
             continue
-        pixels, ids = (
-            batch["pixels"].to(device, non_blocking=True),
-            batch["ids"].to(device, non_blocking=True),
-        )
+        pixels = batch["pixels"][:n].to(device, non_blocking=True)
+        ids = batch["ids"][:n].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = forward_backward(forward, model, pixels, ids, compute_loss, tc.micro_batch_size, autocast)
         sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
