@@ -189,7 +189,7 @@ log.info(
     device,
     tc.precision,
     tc.strategy if rt.group is not None else "1 process",
-    local_batch,
+    min(tc.batch_size, n_samples) // rt.world_size,
     f" in micro-batches of {tc.micro_batch_size}" if tc.micro_batch_size else "",
 )
 
