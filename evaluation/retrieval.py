@@ -11,28 +11,23 @@ coco (dataset_coco.json, or annotations/captions_<split>.json with --split val20
 manifest (a CSV/TSV/JSONL of image,caption rows), digits (the bundled demo's held-out pairs).
 """
 
-import argparse
 import logging
 
 import torch
 
 import siglip
 from siglip.eval_data import RETRIEVAL_DATASETS, retrieval_set
-from siglip.results import benchmark_record, format_table, write_results
+from siglip.results import benchmark_record, eval_arguments, format_table, write_results
 from siglip.retrieval import evaluate_retrieval
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-parser = argparse.ArgumentParser(description="Image-text retrieval of a SigLIP model.")
-parser.add_argument("--model-path", required=True, help="a siglip model file (what training writes)")
-parser.add_argument("--dataset", required=True, choices=RETRIEVAL_DATASETS)
-parser.add_argument("--data-path", required=True, help="the dataset folder, or its caption / manifest file")
-parser.add_argument("--split", default="", help="'' = test (Karpathy's split); all; or see the module docstring")
-parser.add_argument("--batch-size", type=int, default=256)
-parser.add_argument("--num-workers", type=int, default=4, help="processes that decode and resize images")
-parser.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
-parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the towers")
-parser.add_argument("--output", default="", help="write the results here as JSON (CLIP_benchmark's layout)")
+parser = eval_arguments(
+    "Image-text retrieval of a SigLIP model.",
+    RETRIEVAL_DATASETS,
+    "the dataset folder, or its caption / manifest file",
+    "'' = test (Karpathy's split); all; or see the module docstring",
+)
 args = parser.parse_args()
 
 device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -45,3 +45,20 @@ def format_table(metrics: dict[str, float]) -> str:
         else:
             lines.append(f"{k:<{width}}  {v:7d}")
     return "\n".join(lines)
+
+
+def eval_arguments(description: str, datasets: tuple[str, ...] | list[str], data_help: str, split_help: str):
+    """The command line both evaluation scripts share; each adds its own flags to the parser."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model-path", required=True, help="a model: ours, Hugging Face, open_clip or big_vision")
+    parser.add_argument("--dataset", required=True, choices=datasets)
+    parser.add_argument("--data-path", required=True, help=data_help)
+    parser.add_argument("--split", default="", help=split_help)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=4, help="processes that decode and resize images")
+    parser.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the towers")
+    parser.add_argument("--output", default="", help="write the results here as JSON (CLIP_benchmark's layout)")
+    return parser
