@@ -154,11 +154,13 @@ def save_train_state(
     atomic_save(payload, path)
 
 
-def load_train_state(path: str | Path, model: SigLIP, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-    """Restore model, optimizer, scheduler and RNG from `save_train_state`; returns the step."""
-    payload = read_checkpoint(path)
+def load_train_state(
+    payload: dict, model: SigLIP, optimizer: torch.optim.Optimizer, scheduler: Any, where: str | Path = ""
+) -> int:
+    """Restore model, optimizer, scheduler and RNG from a `save_train_state` payload (as
+    `read_checkpoint` returns it, so the file is read once); returns the step."""
     if "optimizer" not in payload:
-        raise ValueError(f"{path}: a model file without training state; it cannot be resumed from")
+        raise ValueError(f"{where}: a model file without training state; it cannot be resumed from")
     groups = payload["optimizer"]["param_groups"]
     if any(isinstance(p, str) for g in groups for p in g["params"]):  # by name: any strategy/world size
         from .distributed import load_full_state

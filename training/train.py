@@ -180,7 +180,7 @@ forward = wrap_model(model, rt, tc.strategy)  # DDP wrapper, or `model` sharded 
 compute_loss = loss_from_config(cfg.loss, group=rt.group)
 optimizer = build_optimizer(model, cfg.optim)
 scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-step = load_train_state(checkpoint_path, model, optimizer, scheduler) if run.resume else 0
+step = load_train_state(payload, model, optimizer, scheduler, checkpoint_path) if run.resume else 0
 del payload
 log.info(
     "model %s: %.1fM parameters on %s (%s, %s), %d pairs per rank per step%s",
