@@ -3,7 +3,8 @@
 Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weights_only=True)` reads:
     format: "siglip", version: 1,
     model_config: ModelConfig as a dict, state_dict: the model's tensors,
-    tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int},
+    tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int,
+                "kind": "siglip" | "gemma" (absent = siglip; see siglip.tokenizer)},
     preprocess: {"image_size": int, "resample": str}
 A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
 so it loads as a model too. `siglip.convert` builds the same dict from Hugging Face, open_clip and
@@ -61,6 +62,7 @@ def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict
         "tokenizer": {
             "proto": torch.frombuffer(bytearray(tokenizer.proto), dtype=torch.uint8),
             "length": tokenizer.length,
+            "kind": tokenizer.kind,
         },
         "preprocess": {"image_size": model.config.image_size, "resample": resample},
     }
@@ -93,7 +95,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def tokenizer_from_payload(payload: dict) -> Tokenizer:
     tok = payload["tokenizer"]
-    return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]))
+    return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]), str(tok.get("kind", "siglip")))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> SigLIP:

@@ -1,8 +1,12 @@
-"""SentencePiece tokenizer with SigLIP's text conventions.
+"""SentencePiece tokenizer with the text conventions of the released checkpoints.
 
-- canonicalise: lowercase, delete ASCII punctuation, collapse whitespace, strip;
-- ids: no BOS, EOS appended, truncated keeping EOS last, padded with EOS to exactly `length`;
-- no attention mask: the text tower sees the padding and pools the last position.
+Two kinds, as the checkpoints define them:
+- "siglip" (SigLIP 1, the c4_en / multilingual vocabularies): canonicalise (lowercase, delete ASCII
+  punctuation, collapse whitespace, strip), no BOS, EOS appended, padded with EOS;
+- "gemma" (SigLIP 2, the 256k Gemma vocabulary; big_vision `lower | tok(model='gemma', bos='no',
+  eos='sticky')`): lowercase only, no BOS, EOS appended, padded on the RIGHT with `<pad>` (id 0).
+Both truncate keeping EOS last and pad to exactly `length`. No attention mask: the text tower sees the
+padding and pools the last position.
 
 The SentencePiece model travels as its serialized bytes (`Tokenizer.proto`), so a model file that
 holds them is self-contained.
@@ -29,24 +33,38 @@ def canonicalize(text: str) -> str:
     return _SPACE.sub(" ", text.lower().translate(_PUNCT)).strip()
 
 
-class Tokenizer:
-    """`tokenizer(["a dog", ...]) -> LongTensor (n, length)`."""
+KINDS = ("siglip", "gemma")
 
-    def __init__(self, proto: bytes, length: int):
+
+def clean(text: str, kind: str) -> str:
+    """The text a kind's SentencePiece model sees: canonicalised (siglip) or lowercased (gemma)."""
+    return canonicalize(text) if kind == "siglip" else text.lower()
+
+
+class Tokenizer:
+    """`tokenizer(["a dog", ...]) -> LongTensor (n, length)`. `kind`: "siglip" or "gemma" (see above)."""
+
+    def __init__(self, proto: bytes, length: int, kind: str = "siglip"):
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}: choose one of {KINDS}")
         self.proto = bytes(proto)
         self.length = length
+        self.kind = kind
         self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         self.eos_id = self.sp.eos_id()
         if self.eos_id < 0:
             raise ValueError("the SentencePiece model has no EOS piece; SigLIP needs one (id 1 in the released vocab)")
+        self.pad_id = self.eos_id if kind == "siglip" else self.sp.pad_id()
+        if self.pad_id < 0:
+            raise ValueError("a gemma-kind tokenizer needs a <pad> piece in its SentencePiece model (id 0 in Gemma's)")
 
     @classmethod
-    def from_file(cls, path: str | Path, length: int) -> Tokenizer:
+    def from_file(cls, path: str | Path, length: int, kind: str = "siglip") -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {path}")
         try:
-            return cls(path.read_bytes(), length)
+            return cls(path.read_bytes(), length, kind)
         except RuntimeError as e:
             raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
 
@@ -80,13 +98,13 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of one text, EOS last, not padded."""
-        ids = self.sp.encode(canonicalize(text))[: self.length - 1]
+        ids = self.sp.encode(clean(text, self.kind))[: self.length - 1]
         return ids + [self.eos_id]
 
     def __call__(self, texts: str | list[str]) -> Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        out = torch.full((len(texts), self.length), self.eos_id, dtype=torch.long)
+        out = torch.full((len(texts), self.length), self.pad_id, dtype=torch.long)
         for i, text in enumerate(texts):
             ids = self.encode(text)
             out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -94,11 +112,11 @@ class Tokenizer:
 
     def decode(self, ids: Tensor | list[int]) -> str:
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        return self.sp.decode([i for i in ids if i != self.eos_id])
+        return self.sp.decode([i for i in ids if i not in (self.eos_id, self.pad_id)])
 
     # SentencePieceProcessor does not pickle; DataLoader workers need copies.
     def __getstate__(self) -> dict:
-        return {"proto": self.proto, "length": self.length}
+        return {"proto": self.proto, "length": self.length, "kind": self.kind}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["proto"], state["length"])
+        self.__init__(state["proto"], state["length"], state.get("kind", "siglip"))
