@@ -38,6 +38,7 @@ class TowerConfig:
     depth: int = 12
     mlp_dim: int = 3072
     heads: int = 12
+    gelu: str = ""  # this tower's GELU, "tanh" or "exact"; "" = ModelConfig.gelu (open_clip SigLIP 2 mixes them)
 
 
 @dataclass
@@ -54,6 +55,10 @@ class ModelConfig:
     embed_dim: int = 0  # output of the text head; 0 = image width (the released models)
     text_head: bool = True  # Linear(text width -> embed_dim) on the last token
     gelu: str = "tanh"  # "tanh" (big_vision, Hugging Face) or "exact" (erf; open_clip's timm towers)
+    # NaFlex (SigLIP 2 Siglip2Model): Linear patch embedding on flattened patches, images at their own
+    # aspect ratio as masked patch sequences; the position grid (image_size/patch_size)^2 is resized
+    # to each image's patch grid (siglip.naflex)
+    naflex: bool = False
     init_t_prime: float = 2.302585092994046  # log(10); paper Table 4
     init_b: float = -10.0
 

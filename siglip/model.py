@@ -18,6 +18,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .config import ModelConfig, TowerConfig
+from .naflex import NaFlexPatches, resize_positions
 
 LN_EPS = 1e-6
 
@@ -35,12 +36,14 @@ class Attention(nn.Module):
         self.v = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, kv: Tensor | None = None) -> Tensor:
-        """x: (n, lq, d) queries; kv: (n, lk, d) keys/values (default x). Returns (n, lq, d)."""
+    def forward(self, x: Tensor, kv: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x: (n, lq, d) queries; kv: (n, lk, d) keys/values (default x); mask: (n, lk) bool, False
+        for keys no query may attend to (NaFlex padding), None = all. Returns (n, lq, d)."""
         kv = x if kv is None else kv
         n, lq, d = x.shape
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (n, heads, l, d/heads)
-        h = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)))
+        bias = None if mask is None else mask[:, None, None, :]  # (n, 1, 1, lk), broadcast over heads, queries
+        h = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)), attn_mask=bias)
         return self.out(h.transpose(1, 2).reshape(n, lq, d))
 
 
@@ -67,8 +70,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.mlp = MLP(cfg.width, cfg.mlp_dim, gelu)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -78,16 +81,18 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TowerConfig, gelu: str):
         super().__init__()
+        gelu = cfg.gelu or gelu  # the tower's own setting wins over the model-wide one
         self.blocks = nn.ModuleList([Block(cfg, gelu) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.checkpoint_blocks = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (n, l, d); mask: (n, l) bool, False = a padding token others do not attend to."""
         for block in self.blocks:
             if self.checkpoint_blocks and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, mask)
         return self.norm(x)
 
 
@@ -100,29 +105,40 @@ class MAPHead(nn.Module):
         self.probe = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.attn = Attention(cfg.width, cfg.heads)
         self.norm = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.mlp = MLP(cfg.width, cfg.mlp_dim, gelu)
+        self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.gelu or gelu)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.attn(self.probe.expand(x.shape[0], -1, -1), kv=x)  # (n, 1, d)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (n, l, d) tokens; mask: (n, l) bool, False = padding the probe ignores."""
+        h = self.attn(self.probe.expand(x.shape[0], -1, -1), kv=x, mask=mask)  # (n, 1, d)
         h = h + self.mlp(self.norm(h))
         return h[:, 0]
 
 
 class ImageTower(nn.Module):
-    """ViT without class token. pixels (n, 3, S, S) in [-1, 1] -> (n, width), not normalised."""
+    """ViT without class token. pixels (n, 3, S, S) in [-1, 1] -> (n, width), not normalised.
+    NaFlex (`cfg.naflex`): patches (n, P, p*p*3), mask (n, P), spatial_shapes (n, 2) instead."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         w = cfg.image.width
         self.patch_size = cfg.patch_size
         self.grid = cfg.image_size // cfg.patch_size
-        self.patch_embed = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.naflex = cfg.naflex
+        if cfg.naflex:  # a Linear on flattened (row, column, channel) patches
+            self.patch_embed = nn.Linear(3 * cfg.patch_size**2, w)
+        else:
+            self.patch_embed = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, w))
         self.encoder = Encoder(cfg.image, cfg.gelu)
         self.head = MAPHead(cfg.image, cfg.gelu)
 
-    def forward_features(self, pixels: Tensor) -> Tensor:
-        """(n, 3, S, S) -> tokens (n, grid*grid, width) after the final LayerNorm."""
+    def forward_features(self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
+        """(n, 3, S, S) -> tokens (n, grid*grid, width) after the final LayerNorm. NaFlex: (n, P, p*p*3)
+        patches with their mask and spatial shapes -> (n, P, width), padding tokens included."""
+        if self.naflex:
+            return self.forward_naflex(pixels, mask, spatial_shapes)
+        if mask is not None or spatial_shapes is not None:
+            raise ValueError("a patch mask / spatial shapes were given to a fixed-resolution image tower")
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (n, patches, width)
         if x.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(
@@ -131,8 +147,18 @@ class ImageTower(nn.Module):
             )
         return self.encoder(x + self.pos_embed)
 
-    def forward(self, pixels: Tensor) -> Tensor:
-        return self.head(self.forward_features(pixels))
+    def forward_naflex(self, patches: Tensor, mask: Tensor | None, spatial_shapes: Tensor | None) -> Tensor:
+        if patches.ndim != 3 or mask is None or spatial_shapes is None:
+            raise ValueError(
+                f"a NaFlex image tower takes patches (n, P, {self.patch_embed.in_features}) with their mask and "
+                f"spatial shapes (siglip.transforms.naflex_transform), got a {tuple(patches.shape)} tensor"
+            )
+        pos = resize_positions(self.pos_embed[0], self.grid, spatial_shapes, patches.shape[1])  # (n, P, width)
+        return self.encoder(self.patch_embed(patches) + pos, mask.bool())
+
+    def forward(self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
+        tokens = self.forward_features(pixels, mask, spatial_shapes)
+        return self.head(tokens, None if mask is None else mask.bool())
 
 
 class TextTower(nn.Module):
@@ -205,7 +231,7 @@ class SigLIP(nn.Module):
                 nn.init.normal_(m.fc1.bias, std=1e-6)
                 nn.init.normal_(m.fc2.bias, std=1e-6)
         pe = self.image.patch_embed
-        fan_in = pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1]
+        fan_in = pe.weight[0].numel()  # 3 * p * p for the Conv2d and for the NaFlex Linear
         nn.init.trunc_normal_(pe.weight, std=1.0 / math.sqrt(fan_in))
         nn.init.zeros_(pe.bias)
         for p in (self.image.pos_embed, self.text.pos_embed):
@@ -218,15 +244,20 @@ class SigLIP(nn.Module):
         """The temperature t = exp(t')."""
         return self.t_prime.exp()
 
-    def encode_image(self, pixels: Tensor) -> Tensor:
-        """(n, 3, S, S) in [-1, 1] -> (n, out_dim), unit norm."""
-        return l2_normalize(self.image(pixels))
+    def encode_image(
+        self, pixels: Tensor | NaFlexPatches, mask: Tensor | None = None, spatial_shapes: Tensor | None = None
+    ) -> Tensor:
+        """(n, 3, S, S) in [-1, 1] -> (n, out_dim), unit norm. NaFlex models: a `NaFlexPatches` batch,
+        or its patches (n, P, p*p*3), mask (n, P) and spatial shapes (n, 2)."""
+        if isinstance(pixels, NaFlexPatches):
+            pixels, mask, spatial_shapes = pixels
+        return l2_normalize(self.image(pixels, mask, spatial_shapes))
 
     def encode_text(self, ids: Tensor) -> Tensor:
         """(n, L) token ids -> (n, out_dim), unit norm."""
         return l2_normalize(self.text(ids))
 
-    def forward(self, pixels: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, pixels: Tensor | NaFlexPatches, ids: Tensor) -> tuple[Tensor, Tensor]:
         return self.encode_image(pixels), self.encode_text(ids)
 
     def logits(self, zimg: Tensor, ztxt: Tensor) -> Tensor:

@@ -3,15 +3,23 @@
 Evaluation (and the paper's training): convert to RGB, resize the WHOLE image to S x S (squash, no
 crop), scale to [-1, 1] (mean 0.5, std 0.5). The seed's augmentations (random resized crop,
 horizontal flip, colour jitter) are opt-in for training.
+
+NaFlex (SigLIP 2 `Siglip2Model`): `naflex_transform` keeps each image's aspect ratio and returns a
+padded patch sequence with its mask and patch grid, as Hugging Face's Siglip2ImageProcessor does.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as TF  # v2: uint8 resizing as the SigLIP 2 processor does it
+
+from .naflex import NaFlexPatches, patchify
 
 RESAMPLE = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -48,3 +56,62 @@ def image_transform(
         steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     steps += [T.ToTensor(), T.Normalize(mean=[0.5] * 3, std=[0.5] * 3)]
     return T.Compose(steps)
+
+
+# --------------------------------------------------------------------------------------------------
+# NaFlex (SigLIP 2 Siglip2Model): each image at its own aspect ratio, as a padded patch sequence
+
+
+def naflex_size(height: int, width: int, patch: int, max_num_patches: int) -> tuple[int, int]:
+    """The size Hugging Face's Siglip2ImageProcessor resizes an image to: both sides multiples of
+    `patch` (rounded up, at least one patch), aspect ratio kept, at most `max_num_patches` patches,
+    as large as possible. Found as the processor finds it: bisection on the scale (1e-6 .. 100, to
+    1e-5), so edge cases round the same way."""
+
+    def sides(scale: float) -> tuple[int, int]:
+        snap = lambda s: max(patch, math.ceil(s * scale / patch) * patch)
+        return snap(height), snap(width)
+
+    lo, hi = 1e-6, 100.0
+    while hi - lo >= 1e-5:
+        mid = (lo + hi) / 2
+        h, w = sides(mid)
+        if (h // patch) * (w // patch) <= max_num_patches:
+            lo = mid
+        else:
+            hi = mid
+    return sides(lo)
+
+
+def naflex_transform(
+    patch_size: int, max_num_patches: int, resample: str = "bilinear"
+) -> Callable[[Image.Image], NaFlexPatches]:
+    """PIL image -> one unbatched `NaFlexPatches`: patches (max_num_patches, p*p*3) in [-1, 1], mask
+    (max_num_patches,), spatial shape (2,). Convert to RGB, resize the uint8 image to `naflex_size`
+    (antialiased; bilinear as the SigLIP 2 processor), scale to [-1, 1], cut into patches, pad with
+    zeros. Batch with `NaFlexPatches.stack` or call `naflex_preprocess` on a list."""
+    if resample not in RESAMPLE:
+        raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
+    if max_num_patches < 1:
+        raise ValueError(f"max_num_patches must be >= 1, got {max_num_patches}")
+
+    def transform(img: Image.Image) -> NaFlexPatches:
+        x = TF.pil_to_tensor(_rgb(img))  # (3, H, W) uint8
+        h, w = naflex_size(x.shape[1], x.shape[2], patch_size, max_num_patches)
+        x = TF.resize(x, [h, w], interpolation=RESAMPLE[resample], antialias=True)
+        x = (x.float() - 127.5) / 127.5  # = (x / 255 - 0.5) / 0.5
+        patches = patchify(x, patch_size)  # (h*w / p^2, p*p*3)
+        n = patches.shape[0]
+        mask = torch.arange(max_num_patches) < n
+        patches = torch.cat([patches, patches.new_zeros(max_num_patches - n, patches.shape[1])])
+        return NaFlexPatches(patches, mask, torch.tensor([h // patch_size, w // patch_size]))
+
+    return transform
+
+
+def naflex_preprocess(
+    images: list[Image.Image], patch_size: int, max_num_patches: int, resample: str = "bilinear"
+) -> NaFlexPatches:
+    """A list of PIL images of any sizes -> a batch (n, max_num_patches, ...) for `encode_image`."""
+    transform = naflex_transform(patch_size, max_num_patches, resample)
+    return NaFlexPatches.stack([transform(img) for img in images])
