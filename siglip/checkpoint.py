@@ -5,7 +5,7 @@ Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weight
     model_config: ModelConfig as a dict, state_dict: the model's tensors,
     tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int,
                 "kind": "siglip" | "gemma" (absent = siglip; see siglip.tokenizer)},
-    preprocess: {"image_size": int, "resample": str}
+    preprocess: {"image_size": int, "resample": str, "max_num_patches": int (NaFlex models only)}
 A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
 so it loads as a model too. `siglip.convert` builds the same dict from Hugging Face, open_clip and
 big_vision checkpoints; one made from a standalone tower file also has partial: "image" or "text"
@@ -26,10 +26,11 @@ import torch
 from .config import ModelConfig, model_config_from_dict
 from .model import SigLIP
 from .tokenizer import Tokenizer
-from .transforms import image_transform
+from .transforms import image_transform, naflex_transform
 
 FORMAT = "siglip"
 VERSION = 1
+NAFLEX_MAX_PATCHES = 256  # Siglip2ImageProcessor's default
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -49,9 +50,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict: dict | None = None) -> dict:
+def model_payload(
+    model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict: dict | None = None, max_num_patches: int = 0
+) -> dict:
     """The dict that a model file holds (tensors moved to the CPU). `state_dict`: the model's
-    tensors when they are gathered elsewhere (a sharded model: `siglip.distributed.full_model_state`)."""
+    tensors when they are gathered elsewhere (a sharded model: `siglip.distributed.full_model_state`).
+    `max_num_patches`: a NaFlex model's patch budget per image (0 = the SigLIP 2 processor's 256)."""
     if state_dict is None:
         state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
@@ -64,14 +68,35 @@ def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict
             "length": tokenizer.length,
             "kind": tokenizer.kind,
         },
-        "preprocess": {"image_size": model.config.image_size, "resample": resample},
+        "preprocess": preprocess_dict(model.config, resample, max_num_patches),
     }
 
 
+def preprocess_dict(cfg: ModelConfig, resample: str, max_num_patches: int = 0) -> dict:
+    """The payload's `preprocess` entry; NaFlex models also keep their patch budget per image."""
+    pre = {"image_size": cfg.image_size, "resample": resample}
+    if cfg.naflex:
+        pre["max_num_patches"] = max_num_patches or NAFLEX_MAX_PATCHES
+    return pre
+
+
+def image_preprocess(cfg: ModelConfig, pre: dict) -> Callable:
+    """PIL image -> what `encode_image` takes for one image: (3, S, S) pixels, or for a NaFlex model an
+    unbatched `NaFlexPatches` (batch them with `siglip.naflex.stack_images`)."""
+    if cfg.naflex:
+        return naflex_transform(cfg.patch_size, int(pre.get("max_num_patches") or NAFLEX_MAX_PATCHES), pre["resample"])
+    return image_transform(int(pre["image_size"]), pre["resample"])
+
+
 def save_model(
-    path: str | Path, model: SigLIP, tokenizer: Tokenizer, resample: str = "bicubic", state_dict: dict | None = None
+    path: str | Path,
+    model: SigLIP,
+    tokenizer: Tokenizer,
+    resample: str = "bicubic",
+    state_dict: dict | None = None,
+    max_num_patches: int = 0,
 ) -> None:
-    atomic_save(model_payload(model, tokenizer, resample, state_dict), path)
+    atomic_save(model_payload(model, tokenizer, resample, state_dict, max_num_patches), path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -100,7 +125,7 @@ def tokenizer_from_payload(payload: dict) -> Tokenizer:
 
 def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> SigLIP:
     """A ready-to-use model in eval mode, with `model.tokenizer` (list of str -> (n, L) ids) and
-    `model.preprocess` (PIL image -> (3, S, S) tensor) attached.
+    `model.preprocess` (PIL image -> (3, S, S) tensor; NaFlex: an unbatched `NaFlexPatches`) attached.
 
     `path`: our model file, a Hugging Face SigLIP folder or weights file, an open_clip SigLIP checkpoint
     or a big_vision .npz (detected, see `siglip.convert`); `tokenizer`: a SentencePiece model for
@@ -120,8 +145,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | 
             f"{path}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.tokenizer = tokenizer_from_payload(payload)
-    pre = payload["preprocess"]
-    model.preprocess: Callable = image_transform(int(pre["image_size"]), pre["resample"])
+    model.preprocess: Callable = image_preprocess(cfg, payload["preprocess"])
     return model.to(device).eval()
 
 
@@ -141,11 +165,12 @@ def save_train_state(
     *,
     model_state: dict | None = None,
     optimizer_state: dict | None = None,
+    max_num_patches: int = 0,
 ) -> None:
     """A model file plus what `--resume` needs to continue exactly where this step left off.
     `model_state` / `optimizer_state`: gathered full states of a distributed run
     (`siglip.distributed.full_model_state` / `full_optimizer_state`, keyed by parameter name)."""
-    payload = model_payload(model, tokenizer, resample, model_state)
+    payload = model_payload(model, tokenizer, resample, model_state, max_num_patches)
     payload.update(
         optimizer=optimizer.state_dict() if optimizer_state is None else optimizer_state,
         scheduler=scheduler.state_dict(),

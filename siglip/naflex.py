@@ -90,3 +90,10 @@ def resize_positions(pos: Tensor, grid: int, spatial_shapes: Tensor, length: int
         rows = (spatial_shapes == spatial_shapes.new_tensor([h, w])).all(-1)
         out[rows, : h * w] = resized.reshape(d, h * w).T.to(pos.dtype)
     return out
+
+
+def stack_images(items: list[Tensor | NaFlexPatches]) -> Tensor | NaFlexPatches:
+    """Per-image preprocessing outputs -> one batch: (n, 3, S, S) pixels or a `NaFlexPatches` batch."""
+    if items and isinstance(items[0], NaFlexPatches):
+        return NaFlexPatches.stack(items)
+    return torch.stack(items)

@@ -122,3 +122,19 @@ def test_naflex_inputs_are_checked():
     assert isinstance(batch[:1], NaFlexPatches) and len(batch[:1]) == 1
     patches, mask, shapes = batch.to("cpu")
     assert patches.shape == batch.shape and mask.dtype == torch.bool and shapes.shape == (2, 2)
+
+
+def test_model_file_keeps_naflex_preprocessing(tmp_path):
+    import siglip
+    from siglip.naflex import stack_images
+
+    model = ours_from(hf_siglip2())
+    tok = Tokenizer(gemma_proto(), 12, kind="gemma")
+    siglip.save_model(tmp_path / "m.pt", model, tok, "bilinear", max_num_patches=MAX_PATCHES)
+    loaded = siglip.load(tmp_path / "m.pt")
+    assert loaded.tokenizer.kind == "gemma" and loaded.config.naflex
+    batch = stack_images([loaded.preprocess(im) for im in images()])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.encode_image(batch), model.encode_image(naflex_preprocess(images(), PATCH, MAX_PATCHES))
+        )
