@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .checkpoint import FORMAT, VERSION, read_checkpoint
 from .config import SIZES, ModelConfig, TowerConfig
+from .interop import siglip2
 from .model import SigLIP, resize_pos_embed
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +332,17 @@ def heads_for(width: int, where: str) -> int:
     raise ValueError(f"{where}: cannot tell the number of attention heads for width {width}; give a config file")
 
 
-def _payload(cfg: ModelConfig, state: dict[str, Tensor], proto: bytes, resample: str, partial: str = "") -> dict:
+def _payload(
+    cfg: ModelConfig,
+    state: dict[str, Tensor],
+    proto: bytes,
+    resample: str,
+    partial: str = "",
+    kind: str = "siglip",
+    max_num_patches: int = 0,
+) -> dict:
+    from .checkpoint import preprocess_dict
+
     out = {
         "format": FORMAT,
         "version": VERSION,
@@ -342,8 +353,9 @@ def _payload(cfg: ModelConfig, state: dict[str, Tensor], proto: bytes, resample:
             if proto
             else torch.zeros(0, dtype=torch.uint8),
             "length": cfg.text_length,
+            "kind": kind,
         },
-        "preprocess": {"image_size": cfg.image_size, "resample": resample},
+        "preprocess": preprocess_dict(cfg, resample, max_num_patches),
     }
     if partial:
         out["partial"] = partial  # a standalone tower: the other tower, t' and b are not in state_dict
@@ -369,35 +381,6 @@ def _hf_gelu(acts: set[str], where: str) -> str:
     return gelus.pop()
 
 
-def hf_config(cfg_json: dict, where: str) -> ModelConfig:
-    """ModelConfig from a SiglipModel config.json."""
-    if cfg_json.get("model_type") != "siglip":
-        raise ValueError(f"{where}: model_type {cfg_json.get('model_type')!r}, expected 'siglip'")
-    v, t = cfg_json.get("vision_config", {}), cfg_json.get("text_config", {})
-    if not v.get("vision_use_head", True):
-        raise ValueError(f"{where}: vision_use_head=false (no MAP head) is not a SigLIP image tower")
-    tower = lambda c: TowerConfig(
-        c.get("hidden_size", 768),
-        c.get("num_hidden_layers", 12),
-        c.get("intermediate_size", 3072),
-        c.get("num_attention_heads", 12),
-    )
-    image, text = tower(v), tower(t)
-    proj = t.get("projection_size") or text.width
-    return ModelConfig(
-        variant="hf",
-        image=image,
-        text=text,
-        image_size=int(v.get("image_size", 224)),
-        patch_size=int(v.get("patch_size", 16)),
-        text_length=int(t.get("max_position_embeddings", 64)),
-        vocab_size=int(t.get("vocab_size", 32000)),
-        embed_dim=0 if proj == image.width else proj,
-        text_head=True,
-        gelu=_hf_gelu({v.get("hidden_act", "gelu_pytorch_tanh"), t.get("hidden_act", "gelu_pytorch_tanh")}, where),
-    )
-
-
 def _hf_resample(folder: Path, image_size: int) -> str:
     p = folder / "preprocessor_config.json"
     if not p.is_file():
@@ -407,7 +390,7 @@ def _hf_resample(folder: Path, image_size: int) -> str:
         if key in pre and any(abs(x - 0.5) > 1e-6 for x in pre[key]):
             raise ValueError(f"{p}: {key}={pre[key]}; this toolkit normalises with 0.5 (pixels in [-1, 1])")
     size = pre.get("size", {})
-    if isinstance(size, dict) and size.get("height", image_size) != image_size:
+    if image_size and isinstance(size, dict) and size.get("height", image_size) != image_size:
         raise ValueError(f"{p}: size {size} differs from the model's image_size {image_size}")
     resample = pre.get("resample", 3)
     if resample not in PIL_RESAMPLE:
@@ -448,6 +431,8 @@ def _hf_config_from_shapes(
         return TowerConfig(fc1.shape[1], depth, fc1.shape[0], heads)
 
     cfg = ModelConfig(variant="hf", gelu=_hf_gelu({tower_json.get("hidden_act", "gelu_pytorch_tanh")}, where))
+    if state.get("vision_model.embeddings.patch_embedding.weight", torch.zeros(1, 1, 1, 1)).ndim != 4:
+        raise ValueError(f"{where}: a NaFlex (Siglip2VisionModel) tower file; not yet supported: load the full Siglip2Model folder")
     if "image" in towers:
         cfg.image = cfg.text = tower("vision_model")
         patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
@@ -475,47 +460,56 @@ def read_hf(path: Path, tokenizer: str | Path | None = None) -> dict:
     state, towers = _add_tower_prefix(state)
     cfg_path = folder / "config.json"
     cfg_json = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
-    if cfg_json is not None and cfg_json.get("model_type") == "siglip":
-        cfg = hf_config(cfg_json, str(cfg_path))
+    tower_types = ("siglip_vision_model", "siglip_text_model")
+    if cfg_json is not None and cfg_json.get("model_type") not in tower_types:
+        cfg = siglip2.hf_model_config(cfg_json, str(cfg_path))  # siglip or siglip2 (NaFlex); others: an error
         cfg.text_head = "text_model.head.weight" in state or "text" not in towers
     else:
-        tower_types = ("siglip_vision_model", "siglip_text_model")
         tower_json = cfg_json if cfg_json is not None and cfg_json.get("model_type") in tower_types else None
         cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
     rules = hf_rules(cfg, towers)
     sd = apply_rules(rules, state, _shapes(cfg), str(weights))
     proto = find_tokenizer(folder, tokenizer) if "text" in towers or tokenizer else b""
     partial = "" if len(towers) == 2 else towers[0]
-    return _payload(cfg, sd, proto, _hf_resample(folder, cfg.image_size), partial)
+    kind = siglip2.tokenizer_kind(folder, proto) if proto else "siglip"
+    resample = _hf_resample(folder, 0 if cfg.naflex else cfg.image_size)
+    max_patches = siglip2.hf_max_num_patches(folder) if cfg.naflex else 0
+    return _payload(cfg, sd, proto, resample, partial, kind, max_patches)
 
 
 # --------------------------------------------------------------------------------------------------
 # open_clip and big_vision: sizes come from the tensors
 
 
-def open_clip_config(state: dict[str, Tensor], where: Path) -> ModelConfig:
+def open_clip_config(state: dict[str, Tensor], where: Path, kind: str = "siglip") -> ModelConfig:
     """Sizes from the tensors; heads from open_clip_config.json beside the file when present (text
-    heads are written there), else from the size table. open_clip's towers use exact (erf) GELU."""
+    heads are written there), else from the size table. GELU per tower (siglip2.open_clip_gelus):
+    exact (erf) in the v1 towers, tanh in SigLIP 2 text towers and some timm trunks."""
     v = "visual.trunk"
     count = lambda p: len({k[len(p) :].split(".")[0] for k in state if k.startswith(p)})
     img_w, text_w = state[f"{v}.pos_embed"].shape[-1], state["text.positional_embedding"].shape[-1]
-    text_heads = None
     cfg_file = (where if where.is_dir() else where.parent) / "open_clip_config.json"
-    if cfg_file.is_file():
-        text_heads = json.loads(cfg_file.read_text()).get("model_cfg", {}).get("text_cfg", {}).get("heads")
+    cfg_json = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    text_heads = cfg_json.get("model_cfg", {}).get("text_cfg", {}).get("heads")
+    image_gelu, text_gelu = siglip2.open_clip_gelus(cfg_json, kind)  # timm tower by name, text by act_kwargs
     patch = state[f"{v}.patch_embed.proj.weight"].shape[-1]
     n = state[f"{v}.pos_embed"].shape[1]
     head = state.get("text.text_projection.weight")
     return ModelConfig(
         variant="open_clip",
         image=TowerConfig(
-            img_w, count(f"{v}.blocks."), state[f"{v}.blocks.0.mlp.fc1.weight"].shape[0], heads_for(img_w, str(where))
+            img_w,
+            count(f"{v}.blocks."),
+            state[f"{v}.blocks.0.mlp.fc1.weight"].shape[0],
+            heads_for(img_w, str(where)),
+            image_gelu,
         ),
         text=TowerConfig(
             text_w,
             count("text.transformer.resblocks."),
             state["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             text_heads or heads_for(text_w, str(where)),
+            text_gelu,
         ),
         image_size=round(n**0.5) * patch,
         patch_size=patch,
@@ -530,13 +524,15 @@ def open_clip_config(state: dict[str, Tensor], where: Path) -> ModelConfig:
 def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path | None) -> dict:
     if "text.text_projection" in state:
         raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
-    cfg = open_clip_config(state, path)
+    proto = find_tokenizer(path, tokenizer)
+    kind = siglip2.tokenizer_kind(path if path.is_dir() else path.parent, proto)
+    cfg = open_clip_config(state, path, kind)
     sd = apply_rules(open_clip_rules(cfg), state, _shapes(cfg), str(path))
     resample = "bicubic"
     cfg_file = (path if path.is_dir() else path.parent) / "open_clip_config.json"
     if cfg_file.is_file():
         resample = json.loads(cfg_file.read_text()).get("preprocess_cfg", {}).get("interpolation", "bicubic")
-    return _payload(cfg, sd, find_tokenizer(path, tokenizer), resample)
+    return _payload(cfg, sd, proto, resample, kind=kind)
 
 
 def big_vision_config(arrays: dict[str, Tensor], where: str) -> ModelConfig:
@@ -574,7 +570,9 @@ def read_big_vision(path: Path, tokenizer: str | Path | None) -> dict:
             raise KeyError(f"{path}: .npz without {need!r}; not a big_vision SigLIP checkpoint")
     cfg = big_vision_config(arrays, str(path))
     sd = apply_rules(big_vision_rules(cfg), arrays, _shapes(cfg), str(path))
-    return _payload(cfg, sd, find_tokenizer(path, tokenizer), "bilinear")  # big_vision resizes bilinearly
+    proto = find_tokenizer(path, tokenizer)
+    kind = siglip2.tokenizer_kind(Path(tokenizer).parent if tokenizer else path.parent, proto)
+    return _payload(cfg, sd, proto, "bilinear", kind=kind)  # big_vision resizes bilinearly
 
 
 # --------------------------------------------------------------------------------------------------
@@ -653,12 +651,13 @@ def load_into(model: SigLIP, payload: dict, where: str | Path) -> None:
 
 
 def to_hf(payload: dict, dst: str | Path) -> None:
-    """Write config.json, model.safetensors, spiece.model and the tokenizer/processor configs that
-    `SiglipModel.from_pretrained` and `SiglipProcessor.from_pretrained` read."""
+    """Write config.json, model.safetensors, the tokenizer files and preprocessor_config.json that
+    transformers reads: a SiglipModel folder, or a Siglip2Model folder for a NaFlex model (SigLIP 2
+    Gemma tokenizers as GemmaTokenizer padding on the right)."""
     from safetensors.torch import save_file
 
+    from .checkpoint import tokenizer_from_payload
     from .config import model_config_from_dict
-    from .tokenizer import Tokenizer
 
     if payload.get("partial"):
         raise ValueError(f"a standalone {payload['partial']} tower cannot be exported as a SiglipModel")
@@ -670,6 +669,19 @@ def to_hf(payload: dict, dst: str | Path) -> None:
         ours["text.head.bias"] = torch.zeros(cfg.text.width)
     if cfg.out_dim != cfg.image.width:
         raise ValueError(f"text head size {cfg.out_dim} != image width {cfg.image.width}: not a SiglipModel")
+    theirs = _hf_tensors(cfg, ours)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in theirs.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text(json.dumps(siglip2.hf_config_json(cfg), indent=2))
+    siglip2.write_hf_tokenizer(tokenizer_from_payload(payload), dst)
+    resample = {v: k for k, v in PIL_RESAMPLE.items()}[payload["preprocess"]["resample"]]
+    pre = siglip2.hf_preprocessor_json(cfg, payload["preprocess"], resample)
+    (dst / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+
+
+def _hf_tensors(cfg: ModelConfig, ours: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our state dict -> Hugging Face names and shapes (the same rules as reading, inverted)."""
     theirs: dict[str, Tensor] = {}
     for rule in hf_rules(cfg):
         x = [ours.pop(o).float() for o in rule.ours]
@@ -683,67 +695,7 @@ def to_hf(payload: dict, dst: str | Path) -> None:
             theirs[rule.theirs] = x[0]
     if ours:
         raise KeyError(f"tensors with no Hugging Face name: {sorted(ours)[:8]}")
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in theirs.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    act = "gelu_pytorch_tanh" if cfg.gelu == "tanh" else "gelu"
-    tower = lambda c: {
-        "hidden_size": c.width,
-        "num_hidden_layers": c.depth,
-        "intermediate_size": c.mlp_dim,
-        "num_attention_heads": c.heads,
-        "hidden_act": act,
-        "layer_norm_eps": 1e-6,
-    }
-    config = {
-        "architectures": ["SiglipModel"],
-        "model_type": "siglip",
-        "text_config": {
-            **tower(cfg.text),
-            "model_type": "siglip_text_model",
-            "max_position_embeddings": cfg.text_length,
-            "vocab_size": cfg.vocab_size,
-            "projection_size": cfg.out_dim,
-        },
-        "vision_config": {
-            **tower(cfg.image),
-            "model_type": "siglip_vision_model",
-            "image_size": cfg.image_size,
-            "patch_size": cfg.patch_size,
-            "num_channels": 3,
-        },
-    }
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
-    tok = Tokenizer(payload["tokenizer"]["proto"].numpy().tobytes(), int(payload["tokenizer"]["length"]))
-    (dst / "spiece.model").write_bytes(tok.proto)
-    eos, unk = tok.sp.id_to_piece(tok.eos_id), tok.sp.id_to_piece(max(tok.sp.unk_id(), 0))
-    tok_cfg = {
-        "tokenizer_class": "SiglipTokenizer",
-        "model_max_length": tok.length,
-        "do_lower_case": True,
-        "eos_token": eos,
-        "pad_token": eos,  # SigLIP pads with EOS
-        "unk_token": unk,
-    }
-    (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    (dst / "special_tokens_map.json").write_text(
-        json.dumps({k: tok_cfg[k] for k in ("eos_token", "pad_token", "unk_token")})
-    )
-    resample = {v: k for k, v in PIL_RESAMPLE.items()}[payload["preprocess"]["resample"]]
-    size = int(payload["preprocess"]["image_size"])
-    pre = {
-        "image_processor_type": "SiglipImageProcessor",
-        "processor_class": "SiglipProcessor",
-        "do_resize": True,
-        "size": {"height": size, "width": size},
-        "resample": resample,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-    }
-    (dst / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    return theirs
 
 
 # --------------------------------------------------------------------------------------------------
