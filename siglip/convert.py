@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import zipfile
 from dataclasses import asdict, dataclass
@@ -197,7 +198,7 @@ def open_clip_rules(cfg: ModelConfig) -> list[Rule]:
 def big_vision_rules(cfg: ModelConfig) -> list[Rule]:
     """big_vision two_towers (SPEC section 3), after `params/` is dropped and stacked blocks unstacked."""
     r = [
-        Rule(("image.patch_embed.weight",), "img/embedding/kernel", "conv"),
+        Rule(("image.patch_embed.weight",), "img/embedding/kernel", "dense" if cfg.naflex else "conv"),
         Rule(("image.patch_embed.bias",), "img/embedding/bias"),
         Rule(("image.pos_embed",), "img/pos_embedding"),
     ]
@@ -545,9 +546,11 @@ def big_vision_config(arrays: dict[str, Tensor], where: str) -> ModelConfig:
         mlp = arrays[f"{prefix}/encoderblock_0/MlpBlock_0/Dense_0/kernel"].shape[1]
         return TowerConfig(q.shape[0], depth, mlp, q.shape[1])
 
-    patch = arrays["img/embedding/kernel"].shape[0]
-    n = arrays["img/pos_embedding"].shape[1]
     image = tower("img/Transformer")
+    kernel = arrays["img/embedding/kernel"]
+    naflex = kernel.ndim == 2  # NaFlex: a Dense kernel (p*p*3, D) on flattened patches, not HWIO
+    patch = math.isqrt(kernel.shape[0] // 3) if naflex else kernel.shape[0]
+    n = arrays["img/pos_embedding"].numel() // image.width  # (1, N, D) or a (1, g, g, D) grid
     head = arrays.get("txt/head/kernel")
     return ModelConfig(
         variant="big_vision",
@@ -560,6 +563,7 @@ def big_vision_config(arrays: dict[str, Tensor], where: str) -> ModelConfig:
         embed_dim=0 if head is None or head.shape[1] == image.width else head.shape[1],
         text_head=head is not None,
         gelu="tanh",
+        naflex=naflex,
     )
 
 

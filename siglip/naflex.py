@@ -69,11 +69,6 @@ def unpatchify_weight(weight: Tensor, channels: int = 3) -> Tensor:
     return weight.reshape(d, p, p, channels).permute(0, 3, 1, 2)
 
 
-def patchify_weight(kernel: Tensor) -> Tensor:
-    """Conv2d patch kernel (d, c, p, p) -> the NaFlex Linear weight (d, p*p*c)."""
-    return kernel.permute(0, 2, 3, 1).reshape(kernel.shape[0], -1)
-
-
 def resize_positions(pos: Tensor, grid: int, spatial_shapes: Tensor, length: int) -> Tensor:
     """The (grid*grid, d) learned positions resized to each image's patch grid and padded.
 

@@ -228,3 +228,35 @@ def test_big_vision_siglip2_npz(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(payload_model.encode_text(ids), model.encode_text(ids), atol=ATOL, rtol=0)
         torch.testing.assert_close(payload_model.encode_image(pixels), model.encode_image(pixels), atol=ATOL, rtol=0)
+
+
+def test_big_vision_siglip2_naflex_npz(tmp_path):
+    """A NaFlex .npz (Dense patch kernel (p*p*3, D), as big_vision's siglip2 naflex files) equals the
+    model it was written from; max_num_patches defaults to the processor's 256."""
+    from tests.test_convert import big_vision_arrays, stack_blocks
+    from tests.test_siglip2_naflex import ours_from
+
+    import dataclasses
+
+    from siglip.model import SigLIP
+    from siglip.naflex import unpatchify_weight
+
+    model = ours_from(hf_siglip2())
+    twin = SigLIP(dataclasses.replace(model.config, naflex=False))  # the same weights, a Conv2d patch kernel
+    state = model.state_dict()
+    state["image.patch_embed.weight"] = unpatchify_weight(state["image.patch_embed.weight"])
+    twin.load_state_dict(state)
+    arrays = {
+        **big_vision_arrays(twin),
+        "img/embedding/kernel": model.image.patch_embed.weight.detach().T.numpy(),
+        "img/pos_embedding": model.image.pos_embed.detach().reshape(1, 5, 5, -1).numpy(),
+    }
+    np.savez(tmp_path / "siglip2_naflex.npz", **{f"params/{k}": v for k, v in stack_blocks(arrays).items()})
+    (tmp_path / "gemma.model").write_bytes(gemma_proto())
+    loaded = siglip.load(tmp_path / "siglip2_naflex.npz", tokenizer=tmp_path / "gemma.model")
+    assert loaded.config.naflex and loaded.preprocess(images()[0]).patches.shape == (256, 3 * PATCH * PATCH)
+    from siglip.transforms import naflex_preprocess
+
+    batch = naflex_preprocess(images(), PATCH, MAX_PATCHES)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(batch), model.encode_image(batch), atol=ATOL, rtol=0)

@@ -138,3 +138,13 @@ def test_model_file_keeps_naflex_preprocessing(tmp_path):
         torch.testing.assert_close(
             loaded.encode_image(batch), model.encode_image(naflex_preprocess(images(), PATCH, MAX_PATCHES))
         )
+
+
+def test_patch_layout_matches_a_conv():
+    """Linear(patchify(x)) == Conv2d(x) with the kernel `unpatchify_weight` gives: the (row, column,
+    channel) flattening of the processor."""
+    from siglip.naflex import patchify, unpatchify_weight
+
+    x, w = torch.randn(3, 8, 12), torch.randn(5, 3 * PATCH * PATCH)
+    conv = torch.nn.functional.conv2d(x[None], unpatchify_weight(w), stride=PATCH)  # (1, 5, 2, 3)
+    torch.testing.assert_close(patchify(x, PATCH) @ w.T, conv[0].flatten(1).T)
