@@ -26,7 +26,7 @@ import torch
 from .config import ModelConfig, model_config_from_dict
 from .model import SigLIP
 from .tokenizer import Tokenizer
-from .transforms import image_transform, naflex_transform
+from .transforms import model_transform
 
 FORMAT = "siglip"
 VERSION = 1
@@ -78,14 +78,6 @@ def preprocess_dict(cfg: ModelConfig, resample: str, max_num_patches: int = 0) -
     if cfg.naflex:
         pre["max_num_patches"] = max_num_patches or NAFLEX_MAX_PATCHES
     return pre
-
-
-def image_preprocess(cfg: ModelConfig, pre: dict) -> Callable:
-    """PIL image -> what `encode_image` takes for one image: (3, S, S) pixels, or for a NaFlex model an
-    unbatched `NaFlexPatches` (batch them with `siglip.naflex.stack_images`)."""
-    if cfg.naflex:
-        return naflex_transform(cfg.patch_size, int(pre.get("max_num_patches") or NAFLEX_MAX_PATCHES), pre["resample"])
-    return image_transform(int(pre["image_size"]), pre["resample"])
 
 
 def save_model(
@@ -145,7 +137,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | 
             f"{path}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.tokenizer = tokenizer_from_payload(payload)
-    model.preprocess: Callable = image_preprocess(cfg, payload["preprocess"])
+    model.preprocess: Callable = model_transform(cfg, payload["preprocess"])
     return model.to(device).eval()
 
 

@@ -97,6 +97,9 @@ class DataConfig:
     caption_column: str = ""  # "" = detect among caption/text/title/...
     num_workers: int = 2
     resample: str = "bicubic"  # resize filter: bicubic (Hugging Face) or bilinear (big_vision)
+    # NaFlex (SigLIP 2): images keep their aspect ratio, at most this many patches each; 0 = fixed
+    # model.image_size (a NaFlex checkpoint's own value, or 256, when it is a NaFlex model)
+    max_num_patches: int = 0
     random_resized_crop: bool = False  # seed's augmentations; the paper trains without them
     crop_scale_min: float = 0.5
     horizontal_flip: bool = False
@@ -318,6 +321,7 @@ SEED_FLAGS = {  # flag -> config key
     "--steps": "train.steps",
     "--output-dir": "train.output_dir",
     "--pretrained-path": "train.pretrained_path",
+    "--max-num-patches": "data.max_num_patches",
 }
 
 

@@ -49,6 +49,13 @@ class NaFlexPatches:
         move = lambda t: t.to(device, non_blocking=non_blocking)
         return NaFlexPatches(move(self.patches), move(self.mask), move(self.spatial_shapes))
 
+    def pin_memory(self) -> NaFlexPatches:  # DataLoader(pin_memory=True) calls this
+        return NaFlexPatches(*(t.pin_memory() for t in self))
+
+    def split(self, size: int) -> list[NaFlexPatches]:
+        """Micro-batches of `size` images, as `Tensor.split` (siglip.accumulate)."""
+        return [self[i : i + size] for i in range(0, len(self), size)]
+
     @staticmethod
     def stack(items: list[NaFlexPatches]) -> NaFlexPatches:
         """Unbatched items (all with the same P) -> one batch."""

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF  # v2: uint8 resizing as the SigLIP 2 processor does it
 
+from .config import ModelConfig
 from .naflex import NaFlexPatches, patchify
 
 RESAMPLE = {
@@ -115,3 +116,21 @@ def naflex_preprocess(
     """A list of PIL images of any sizes -> a batch (n, max_num_patches, ...) for `encode_image`."""
     transform = naflex_transform(patch_size, max_num_patches, resample)
     return NaFlexPatches.stack([transform(img) for img in images])
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def model_transform(
+    cfg: ModelConfig, preprocess: dict, **augment
+) -> Callable[[Image.Image], Tensor | NaFlexPatches]:
+    """The per-image preprocessing a model takes, from its config and a model file's `preprocess`
+    entry ({"image_size", "resample", "max_num_patches"}): `image_transform` (with the training
+    `augment` keywords) or, for a NaFlex model, `naflex_transform` (max_num_patches 0 = 256, the
+    SigLIP 2 processor's default). Batch the outputs with `siglip.naflex.stack_images`."""
+    if not cfg.naflex:
+        return image_transform(int(preprocess.get("image_size") or cfg.image_size), preprocess["resample"], **augment)
+    on = sorted(k for k, v in augment.items() if v and k != "crop_scale_min")
+    if on:
+        raise ValueError(f"data.{on[0]}: augmentations are not supported with NaFlex models yet (set them off)")
+    return naflex_transform(cfg.patch_size, int(preprocess.get("max_num_patches") or 256), preprocess["resample"])
