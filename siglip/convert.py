@@ -433,7 +433,9 @@ def _hf_config_from_shapes(
 
     cfg = ModelConfig(variant="hf", gelu=_hf_gelu({tower_json.get("hidden_act", "gelu_pytorch_tanh")}, where))
     if state.get("vision_model.embeddings.patch_embedding.weight", torch.zeros(1, 1, 1, 1)).ndim != 4:
-        raise ValueError(f"{where}: a NaFlex (Siglip2VisionModel) tower file; not yet supported: load the full Siglip2Model folder")
+        raise ValueError(
+            f"{where}: a NaFlex (Siglip2VisionModel) tower file; not yet supported: load the full Siglip2Model folder"
+        )
     if "image" in towers:
         cfg.image = cfg.text = tower("vision_model")
         patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .naflex import stack_images
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class Collate:
         if not good:
             return {"pixels": None, "ids": None, "skipped": len(items)}
         return {
-            "pixels": torch.stack([x[0] for x in good]),
+            "pixels": stack_images([x[0] for x in good]),  # (n, 3, S, S) or a NaFlexPatches batch
             "ids": self.tokenizer([x[1] for x in good]),
             "skipped": len(items) - len(good),
         }

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .data import load_image
 from .model import SigLIP
+from .naflex import stack_images
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class ImageDataset(Dataset):
 
 def _collate(items: list[tuple[Tensor | None, int]]) -> tuple[Tensor | None, Tensor]:
     ok = [x for x in items if x[0] is not None]
-    pixels = torch.stack([x[0] for x in ok]) if ok else None
+    pixels = stack_images([x[0] for x in ok]) if ok else None  # (n, 3, S, S) or NaFlexPatches
     return pixels, torch.tensor([x[1] for x in ok], dtype=torch.long)
 
 

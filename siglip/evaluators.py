@@ -13,7 +13,7 @@ from .eval_data import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_se
 from .model import SigLIP
 from .retrieval import evaluate_retrieval
 from .tokenizer import Tokenizer
-from .transforms import image_transform
+from .transforms import model_transform
 from .zero_shot import evaluate_zero_shot
 
 
@@ -39,11 +39,14 @@ def run_evals(
     num_workers: int = 2,
     bf16: bool = False,
     step: int | None = None,
+    max_num_patches: int = 0,
 ) -> dict[str, float]:
-    """Run every evaluator due at `step` (all of them when step is None: the end of training)."""
+    """Run every evaluator due at `step` (all of them when step is None: the end of training).
+    `max_num_patches`: a NaFlex model's patch budget per image (0 = 256)."""
     check_evals(evals)
     results: dict[str, float] = {}
-    transform = image_transform(image_size, resample)
+    pre = {"image_size": image_size, "resample": resample, "max_num_patches": max_num_patches}
+    transform = model_transform(model.config, pre)
     for ev in evals:
         if step is not None and not (ev.every and step % ev.every == 0):
             continue

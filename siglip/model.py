@@ -132,7 +132,9 @@ class ImageTower(nn.Module):
         self.encoder = Encoder(cfg.image, cfg.gelu)
         self.head = MAPHead(cfg.image, cfg.gelu)
 
-    def forward_features(self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
+    def forward_features(
+        self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None
+    ) -> Tensor:
         """(n, 3, S, S) -> tokens (n, grid*grid, width) after the final LayerNorm. NaFlex: (n, P, p*p*3)
         patches with their mask and spatial shapes -> (n, P, width), padding tokens included."""
         if self.naflex:

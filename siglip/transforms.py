@@ -121,9 +121,7 @@ def naflex_preprocess(
 # --------------------------------------------------------------------------------------------------
 
 
-def model_transform(
-    cfg: ModelConfig, preprocess: dict, **augment
-) -> Callable[[Image.Image], Tensor | NaFlexPatches]:
+def model_transform(cfg: ModelConfig, preprocess: dict, **augment) -> Callable[[Image.Image], Tensor | NaFlexPatches]:
     """The per-image preprocessing a model takes, from its config and a model file's `preprocess`
     entry ({"image_size", "resample", "max_num_patches"}): `image_transform` (with the training
     `augment` keywords) or, for a NaFlex model, `naflex_transform` (max_num_patches 0 = 256, the

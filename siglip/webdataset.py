@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .data import CAPTION_COLUMNS
+from .naflex import stack_images
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class TarStream(IterableDataset):
             return {"pixels": None, "ids": None, "keys": [], "skipped": skipped}
         captions = [c for _, c, _ in good]
         return {
-            "pixels": torch.stack([p for p, _, _ in good]),
+            "pixels": stack_images([p for p, _, _ in good]),
             "ids": self.tokenizer(captions) if self.tokenizer is not None else None,
             "captions": captions,
             "keys": [k for _, _, k in good],

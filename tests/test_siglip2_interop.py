@@ -185,7 +185,9 @@ def make_open_clip_siglip2(folder):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    cfg = {"model_cfg": {"embed_dim": 128, "vision_cfg": vision_cfg, "text_cfg": {**text_cfg, "hf_tokenizer_name": "x"}}}
+    cfg = {
+        "model_cfg": {"embed_dim": 128, "vision_cfg": vision_cfg, "text_cfg": {**text_cfg, "hf_tokenizer_name": "x"}}
+    }
     cfg["preprocess_cfg"] = {"interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
     (folder / "open_clip_config.json").write_text(json.dumps(cfg))
     write_gemma_tokenizer(folder, L, padding_side="right")
@@ -199,7 +201,9 @@ def test_open_clip_siglip2_per_tower_gelu(tmp_path):
     from open_clip.tokenizer import HFTokenizer
 
     words = ["a photo of a cat", "two green triangles", "über café 2024"]  # open_clip also deletes punctuation
-    assert torch.equal(HFTokenizer(str(tmp_path / "oc"), context_length=L, clean="canonicalize")(words), ours.tokenizer(words))
+    assert torch.equal(
+        HFTokenizer(str(tmp_path / "oc"), context_length=L, clean="canonicalize")(words), ours.tokenizer(words)
+    )
     pixels, ids = torch.rand(3, 3, 20, 20) * 2 - 1, ours.tokenizer(TEXTS[:3])
     with torch.no_grad():
         zimg, ztxt = ours(pixels, ids)
@@ -233,13 +237,12 @@ def test_big_vision_siglip2_npz(tmp_path):
 def test_big_vision_siglip2_naflex_npz(tmp_path):
     """A NaFlex .npz (Dense patch kernel (p*p*3, D), as big_vision's siglip2 naflex files) equals the
     model it was written from; max_num_patches defaults to the processor's 256."""
-    from tests.test_convert import big_vision_arrays, stack_blocks
-    from tests.test_siglip2_naflex import ours_from
-
     import dataclasses
 
     from siglip.model import SigLIP
     from siglip.naflex import unpatchify_weight
+    from tests.test_convert import big_vision_arrays, stack_blocks
+    from tests.test_siglip2_naflex import ours_from
 
     model = ours_from(hf_siglip2())
     twin = SigLIP(dataclasses.replace(model.config, naflex=False))  # the same weights, a Conv2d patch kernel

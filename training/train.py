@@ -55,7 +55,7 @@ from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
 from siglip.optim import build_optimizer, build_scheduler, freeze_towers
 from siglip.tokenizer import Tokenizer
-from siglip.transforms import image_transform
+from siglip.transforms import model_transform
 from siglip.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -103,6 +103,7 @@ if payload is not None and not payload.get("partial"):
     tokenizer = tokenizer_from_payload(payload)
     cfg.model = model_config_from_dict(payload["model_config"])  # the weights decide the architecture
     cfg.data.resample = payload["preprocess"]["resample"]  # and the checkpoint's preprocessing
+    cfg.data.max_num_patches = cfg.data.max_num_patches or payload["preprocess"].get("max_num_patches", 0)
 elif cfg.tokenizer.path:
     tokenizer = Tokenizer.from_file(cfg.tokenizer.path, cfg.model.text_length)
 else:  # trained on rank 0 (on the first 100k captions of a stream), sent to the others
@@ -113,11 +114,15 @@ else:  # trained on rank 0 (on the first 100k captions of a stream), sent to the
             captions, cfg.tokenizer.vocab_size, cfg.model.text_length, cfg.tokenizer.model_type
         ).proto
     tokenizer = Tokenizer(broadcast_object(proto, rt), cfg.model.text_length)
+if cfg.data.max_num_patches and not cfg.model.naflex:
+    if payload is not None and not payload.get("partial"):
+        raise ValueError(f"data.max_num_patches: {tc.pretrained_path or checkpoint_path} is a fixed-resolution model")
+    cfg.model.naflex = True  # a new model (or a new text tower): NaFlex patches
 if tokenizer.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces, model.vocab_size is {cfg.model.vocab_size}")
-transform = image_transform(
-    cfg.model.image_size,
-    cfg.data.resample,
+transform = model_transform(  # (3, S, S) pixels, or NaFlex patches for a NaFlex model
+    cfg.model,
+    {"image_size": cfg.model.image_size, "resample": cfg.data.resample, "max_num_patches": cfg.data.max_num_patches},
     random_resized_crop=cfg.data.random_resized_crop,
     crop_scale_min=cfg.data.crop_scale_min,
     horizontal_flip=cfg.data.horizontal_flip,
@@ -209,6 +214,7 @@ def save_checkpoint() -> None:
             to_dict(cfg),
             model_state=model_state,
             optimizer_state=optimizer_state,
+            max_num_patches=cfg.data.max_num_patches,
         )
     barrier(rt)
 
@@ -224,6 +230,7 @@ def evaluate(at_step):
         cfg.data.num_workers,
         bf16,
         at_step,
+        cfg.data.max_num_patches,
     )
 
 
@@ -283,7 +290,7 @@ if step < total_steps:
 final_path = out_dir / f"siglip_{run_name(run.config_path)}.pt"
 final_state = full_model_state(model)
 if rt.is_main:
-    save_model(final_path, model, tokenizer, cfg.data.resample, state_dict=final_state)
+    save_model(final_path, model, tokenizer, cfg.data.resample, final_state, cfg.data.max_num_patches)
     log.info("saved %s", final_path)
 if cfg.evals:  # every rank evaluates (a sharded model needs them all); rank 0 reports
     results = evaluate(None)

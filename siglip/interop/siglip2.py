@@ -153,10 +153,14 @@ def open_clip_gelus(cfg_json: dict, kind: str) -> tuple[str, str]:
     image = "tanh" if vision.get("timm_model_name") in TIMM_TANH else "exact"
     act = vision.get("timm_model_kwargs", {}).get("act_layer")
     if act is not None:
-        image = {"gelu_tanh": "tanh", "gelu": "exact"}.get(act) or _unsupported("vision_cfg.timm_model_kwargs.act_layer", act)
+        image = {"gelu_tanh": "tanh", "gelu": "exact"}.get(act) or _unsupported(
+            "vision_cfg.timm_model_kwargs.act_layer", act
+        )
     if "act_kwargs" in text:
         approx = text["act_kwargs"].get("approximate", "none")
-        text_gelu = {"tanh": "tanh", "none": "exact"}.get(approx) or _unsupported("text_cfg.act_kwargs.approximate", approx)
+        text_gelu = {"tanh": "tanh", "none": "exact"}.get(approx) or _unsupported(
+            "text_cfg.act_kwargs.approximate", approx
+        )
     else:
         text_gelu = "tanh" if kind == "gemma" and not text else "exact"
     return image, text_gelu
@@ -206,10 +210,19 @@ def write_hf_tokenizer(tok: Tokenizer, dst: Path) -> None:
         special = {"eos_token": piece(tok.eos_id), "pad_token": piece(tok.pad_id), "unk_token": piece(tok.sp.unk_id())}
         if tok.sp.bos_id() >= 0:
             special["bos_token"] = piece(tok.sp.bos_id())
-        cfg = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True, "padding_side": "right"}
+        cfg = {
+            "tokenizer_class": "GemmaTokenizer",
+            "add_bos_token": False,
+            "add_eos_token": True,
+            "padding_side": "right",
+        }
     else:
         (dst / "spiece.model").write_bytes(tok.proto)
-        special = {"eos_token": piece(tok.eos_id), "pad_token": piece(tok.eos_id), "unk_token": piece(max(tok.sp.unk_id(), 0))}
+        special = {
+            "eos_token": piece(tok.eos_id),
+            "pad_token": piece(tok.eos_id),
+            "unk_token": piece(max(tok.sp.unk_id(), 0)),
+        }
         cfg = {"tokenizer_class": "SiglipTokenizer", "do_lower_case": True}
     cfg = {**cfg, "model_max_length": tok.length, **special}
     (dst / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
