@@ -55,7 +55,9 @@ def read_devkit_synsets(meta_mat: Path) -> dict[int, str]:
     try:
         import scipy.io  # the devkit's meta.mat is a MATLAB file
     except ImportError:
-        raise ImportError(f"{meta_mat}: reading the ImageNet devkit needs scipy: pip install 'siglip[imagenet]'") from None
+        raise ImportError(
+            f"{meta_mat}: reading the ImageNet devkit needs scipy: pip install 'siglip[imagenet]'"
+        ) from None
     try:
         synsets = scipy.io.loadmat(str(meta_mat), squeeze_me=True)["synsets"]
     except Exception as e:
