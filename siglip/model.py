@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .config import ModelConfig, TowerConfig
-from .naflex import NaFlexPatches, resize_positions
+from siglip.config import ModelConfig, TowerConfig
+from siglip.naflex import NaFlexPatches, resize_positions
 
 LN_EPS = 1e-6
 

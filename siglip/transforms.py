@@ -19,8 +19,8 @@ from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF  # v2: uint8 resizing as the SigLIP 2 processor does it
 
-from .config import ModelConfig
-from .naflex import NaFlexPatches, patchify
+from siglip.config import ModelConfig
+from siglip.naflex import NaFlexPatches, patchify
 
 RESAMPLE = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -126,6 +126,8 @@ def model_transform(cfg: ModelConfig, preprocess: dict, **augment) -> Callable[[
     entry ({"image_size", "resample", "max_num_patches"}): `image_transform` (with the training
     `augment` keywords) or, for a NaFlex model, `naflex_transform` (max_num_patches 0 = 256, the
     SigLIP 2 processor's default). Batch the outputs with `siglip.naflex.stack_images`."""
+    if int(preprocess.get("max_num_patches") or 0) < 0:
+        raise ValueError(f"data.max_num_patches={preprocess['max_num_patches']}: must be >= 0 (0 = 256 for NaFlex)")
     if not cfg.naflex:
         return image_transform(int(preprocess.get("image_size") or cfg.image_size), preprocess["resample"], **augment)
     on = sorted(k for k, v in augment.items() if v and k != "crop_scale_min")

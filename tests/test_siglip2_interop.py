@@ -84,7 +84,7 @@ def check_naflex(ours, hf, folder):
 
 
 def export(model_path, dst):
-    from siglip.convert import main as convert_main
+    from siglip.interop.__main__ import main as convert_main
 
     convert_main([str(model_path), str(dst), "--to", "hf"])
     return dst
@@ -119,7 +119,7 @@ def test_hf_siglip2_naflex_folder_and_export(tmp_path):
     back = transformers.Siglip2Model.from_pretrained(tmp_path / "export").eval()
     check_naflex(ours, back, tmp_path / "export")
     # and through our own model file
-    from siglip.convert import main as convert_main
+    from siglip.interop.__main__ import main as convert_main
 
     convert_main([str(tmp_path / "hf"), str(tmp_path / "m.pt"), "--to", "siglip"])
     check_naflex(siglip.load(tmp_path / "m.pt"), hf, tmp_path / "hf")

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from siglip.config import ModelConfig, TowerConfig
-from siglip.convert import apply_rules, hf_rules
+from siglip.interop.hf import hf_rules
+from siglip.interop.rules import apply_rules
 from siglip.model import SigLIP
 from siglip.naflex import NaFlexPatches, resize_positions
 from siglip.tokenizer import Tokenizer

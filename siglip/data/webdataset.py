@@ -32,8 +32,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .data import CAPTION_COLUMNS
-from .naflex import stack_images
+from siglip.data.manifests import CAPTION_COLUMNS
+from siglip.naflex import stack_images
 
 log = logging.getLogger(__name__)
 
