@@ -263,3 +263,12 @@ def test_big_vision_siglip2_naflex_npz(tmp_path):
     batch = naflex_preprocess(images(), PATCH, MAX_PATCHES)
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(batch), model.encode_image(batch), atol=ATOL, rtol=0)
+
+
+def test_naflex_folder_without_processor_config_uses_processor_defaults(tmp_path):
+    from siglip.interop import load_payload
+
+    hf_siglip2().save_pretrained(tmp_path / "hf")
+    write_gemma_tokenizer(tmp_path / "hf", 12)
+    pre = load_payload(tmp_path / "hf")["preprocess"]
+    assert pre["resample"] == "bilinear" and pre["max_num_patches"] == 256

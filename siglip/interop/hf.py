@@ -126,10 +126,11 @@ def hf_config(cfg_json: dict, where: str) -> ModelConfig:
     )
 
 
-def _hf_resample(folder: Path, image_size: int) -> str:
+def _hf_resample(folder: Path, image_size: int, default: int = 3) -> str:
+    """The processor's resize filter (default: SiglipImageProcessor's bicubic; 2, bilinear, for NaFlex)."""
     p = folder / "preprocessor_config.json"
     if not p.is_file():
-        return "bicubic"
+        return PIL_RESAMPLE[default]
     pre = json.loads(p.read_text())
     for key in ("image_mean", "image_std"):
         if key in pre and any(abs(x - 0.5) > 1e-6 for x in pre[key]):
@@ -137,7 +138,7 @@ def _hf_resample(folder: Path, image_size: int) -> str:
     size = pre.get("size", {})
     if image_size and isinstance(size, dict) and size.get("height", image_size) != image_size:
         raise ValueError(f"{p}: size {size} differs from the model's image_size {image_size}")
-    resample = pre.get("resample", 3)
+    resample = pre.get("resample", default)
     if resample not in PIL_RESAMPLE:
         raise ValueError(f"{p}: resample {resample} not supported (0, 2 or 3)")
     return PIL_RESAMPLE[resample]
@@ -215,7 +216,7 @@ def read_hf(path: Path, tokenizer: str | Path | None = None) -> Payload:
     sd = apply_rules(rules, state, model_shapes(cfg), str(weights))
     proto = find_tokenizer(folder, tokenizer) if "text" in towers or tokenizer else b""
     partial = "" if len(towers) == 2 else towers[0]
-    resample = _hf_resample(folder, 0 if cfg.naflex else cfg.image_size)
+    resample = _hf_resample(folder, 0, 2) if cfg.naflex else _hf_resample(folder, cfg.image_size)
     kind = tokenizer_kind(folder, proto) if proto else "siglip"
     max_patches = hf_max_num_patches(folder) if cfg.naflex else 0
     return make_payload(cfg, sd, proto, resample, partial, kind, max_patches)
