@@ -1,8 +1,9 @@
 """Checkpoints of other toolkits in and out. Every reader returns one typed payload
 (`siglip.checkpoint.Payload`: model config, state dict in OUR parameter names, tokenizer,
 preprocessing), so training and use downstream never know where a model came from. One module per
-format: Hugging Face `SiglipModel` (`hf.py`, also the export), open_clip (`open_clip.py`), big_vision
-.npz (`big_vision.py`); key maps are data (`rules.py`) read in both directions; files are read
+format: Hugging Face `SiglipModel` / `Siglip2Model` (`hf.py`, also the export), open_clip (`open_clip.py`),
+big_vision .npz (`big_vision.py`), and the SigLIP 2 facts they share (`siglip2.py`: Gemma tokenizer
+kind, open_clip's GELU per tower); key maps are data (`rules.py`) read in both directions; files are read
 without running pickled code (`tensors.py`); `detect.py` tells the formats apart by content.
 `python -m siglip.interop SRC DST --to {siglip,hf}` converts (`python -m siglip.convert` too).
 """
