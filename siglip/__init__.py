@@ -1,13 +1,15 @@
 """SigLIP: sigmoid loss for language-image pre-training (Zhai et al., ICCV 2023).
 
 import siglip
-model = siglip.load("checkpoints/siglip_demo.pt")
-zimg = model.encode_image(model.preprocess(pil_image)[None])   # (1, d), unit norm
-ztxt = model.encode_text(model.tokenizer(["a handwritten seven"]))
-prob = torch.sigmoid(model.t * zimg @ ztxt.T + model.b)
+model = siglip.load("checkpoints/siglip_demo.pt")              # siglip.api.Model
+zimg = model.embed_images(["seven.png"])                        # (1, d) float32, unit norm
+prob = model.score(["seven.png"], ["a handwritten seven"])      # (1, 1) sigmoid(t * cos + b)
+
+The `siglip` command (`python -m siglip`, siglip/cli/) embeds folders, searches, classifies, scores.
 """
 
-from .checkpoint import load, save_model
+from .api import Model, load
+from .checkpoint import save_model
 from .config import Config, ModelConfig
 from .loss import sigmoid_loss, softmax_loss
 from .model import SigLIP
@@ -15,6 +17,7 @@ from .tokenizer import Tokenizer
 
 __all__ = [
     "load",
+    "Model",
     "save_model",
     "Config",
     "ModelConfig",

@@ -298,9 +298,9 @@ def unstack_big_vision(arrays: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def find_tokenizer(where: Path, explicit: str | Path | None) -> bytes:
+def find_tokenizer(where: Path, explicit: str | Path | None, required: bool = True) -> bytes:
     """The SentencePiece model: `explicit`, else spiece.model / tokenizer.model / the one *.model
-    beside the checkpoint."""
+    beside the checkpoint. None found: an error, or b"" when not `required` (an image-only load)."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
@@ -313,6 +313,8 @@ def find_tokenizer(where: Path, explicit: str | Path | None) -> bytes:
     models = sorted(folder.glob("*.model"))
     if len(models) == 1:
         return models[0].read_bytes()
+    if not required:
+        return b""
     raise FileNotFoundError(
         f"{where}: no SentencePiece model found (looked for spiece.model, tokenizer.model or a single *.model "
         f"in {folder}); pass one with --tokenizer"
@@ -467,7 +469,7 @@ def _hf_config_from_shapes(
     return cfg
 
 
-def read_hf(path: Path, tokenizer: str | Path | None = None) -> dict:
+def read_hf(path: Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> dict:
     """A SiglipModel folder, or a bare Hugging Face weights file (full model or one tower)."""
     folder = path if path.is_dir() else path.parent
     weights = _hf_weights(path) if path.is_dir() else path
@@ -484,7 +486,7 @@ def read_hf(path: Path, tokenizer: str | Path | None = None) -> dict:
         cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
     rules = hf_rules(cfg, towers)
     sd = apply_rules(rules, state, _shapes(cfg), str(weights))
-    proto = find_tokenizer(folder, tokenizer) if "text" in towers or tokenizer else b""
+    proto = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else b""
     partial = "" if len(towers) == 2 else towers[0]
     return _payload(cfg, sd, proto, _hf_resample(folder, cfg.image_size), partial)
 
@@ -527,7 +529,9 @@ def open_clip_config(state: dict[str, Tensor], where: Path) -> ModelConfig:
     )
 
 
-def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path | None) -> dict:
+def read_open_clip(
+    path: Path, state: dict[str, Tensor], tokenizer: str | Path | None, require_tokenizer: bool = True
+) -> dict:
     if "text.text_projection" in state:
         raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
     cfg = open_clip_config(state, path)
@@ -536,7 +540,7 @@ def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path |
     cfg_file = (path if path.is_dir() else path.parent) / "open_clip_config.json"
     if cfg_file.is_file():
         resample = json.loads(cfg_file.read_text()).get("preprocess_cfg", {}).get("interpolation", "bicubic")
-    return _payload(cfg, sd, find_tokenizer(path, tokenizer), resample)
+    return _payload(cfg, sd, find_tokenizer(path, tokenizer, require_tokenizer), resample)
 
 
 def big_vision_config(arrays: dict[str, Tensor], where: str) -> ModelConfig:
@@ -567,23 +571,24 @@ def big_vision_config(arrays: dict[str, Tensor], where: str) -> ModelConfig:
     )
 
 
-def read_big_vision(path: Path, tokenizer: str | Path | None) -> dict:
+def read_big_vision(path: Path, tokenizer: str | Path | None, require_tokenizer: bool = True) -> dict:
     arrays = unstack_big_vision(read_tensors(path))
     for need in ("img/embedding/kernel", "txt/Embed_0/embedding"):
         if need not in arrays:
             raise KeyError(f"{path}: .npz without {need!r}; not a big_vision SigLIP checkpoint")
     cfg = big_vision_config(arrays, str(path))
     sd = apply_rules(big_vision_rules(cfg), arrays, _shapes(cfg), str(path))
-    return _payload(cfg, sd, find_tokenizer(path, tokenizer), "bilinear")  # big_vision resizes bilinearly
+    return _payload(cfg, sd, find_tokenizer(path, tokenizer, require_tokenizer), "bilinear")  # big_vision resizes bilinearly
 
 
 # --------------------------------------------------------------------------------------------------
 # Detection
 
 
-def load_payload(path: str | Path, tokenizer: str | Path | None = None) -> dict:
+def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> dict:
     """Any supported checkpoint -> our payload dict. `tokenizer`: a SentencePiece model for formats
-    that do not carry one beside the weights."""
+    that do not carry one beside the weights; `require_tokenizer=False`: none found is not an error
+    (the payload's tokenizer proto is then empty: image-only use)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -591,24 +596,24 @@ def load_payload(path: str | Path, tokenizer: str | Path | None = None) -> dict:
         if (path / "config.json").is_file() and any(
             (path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")
         ):
-            return read_hf(path, tokenizer)
+            return read_hf(path, tokenizer, require_tokenizer)
         for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
             if (path / name).is_file():
-                return load_payload(path / name, tokenizer)
+                return load_payload(path / name, tokenizer, require_tokenizer)
         raise ValueError(
             f"{path}: folder with no checkpoint this toolkit knows (looked for config.json + model.safetensors "
             "or pytorch_model.bin, or open_clip_model.safetensors / open_clip_pytorch_model.bin)"
         )
     if _is_npz(path):
-        return read_big_vision(path, tokenizer)
+        return read_big_vision(path, tokenizer, require_tokenizer)
     state = read_tensors(path)
     if state.get("format") == FORMAT:
         return read_checkpoint(path)
     if any(k.startswith("visual.trunk.") for k in state):
-        return read_open_clip(path, state, tokenizer)
+        return read_open_clip(path, state, tokenizer, require_tokenizer)
     hf_keys = ("vision_model.", "text_model.", "embeddings.patch_embedding.", "embeddings.token_embedding.")
     if any(k.startswith(hf_keys) for k in state):
-        return read_hf(path, tokenizer)
+        return read_hf(path, tokenizer, require_tokenizer)
     raise ValueError(
         f"{path}: unknown checkpoint format (first keys {sorted(state)[:5]}); expected our model file, Hugging "
         "Face SigLIP (vision_model./text_model.), open_clip SigLIP (visual.trunk./text.) or a big_vision .npz"
