@@ -175,10 +175,13 @@ class Model:
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     @torch.inference_mode()
+    def from_cosine(self, cos: Tensor) -> Tensor:
+        """Logits `t * cos + b` (float32, on the CPU) for cosines of any shape."""
+        return self.model.t.float().cpu() * cos.float().cpu() + self.model.b.float().cpu()
+
     def logits(self, zimg: Tensor, ztxt: Tensor) -> Tensor:
         """(n_img, n_txt) float32 `t * zimg @ ztxt.T + b` from unit embeddings."""
-        t, b = self.model.t.float().cpu(), self.model.b.float().cpu()
-        return t * zimg.float().cpu() @ ztxt.float().cpu().T + b
+        return self.from_cosine(zimg.float().cpu() @ ztxt.float().cpu().T)
 
     def score(self, images: Images, texts: str | Sequence[str], pairs: bool = False) -> Tensor:
         """Sigmoid probabilities `sigmoid(t * cos + b)`: (n_img, n_txt) for every image with every
@@ -188,8 +191,7 @@ class Model:
             return torch.sigmoid(self.logits(zimg, ztxt))
         if len(zimg) != len(ztxt):
             raise ValueError(f"pairs=True needs as many images as texts, got {len(zimg)} and {len(ztxt)}")
-        t, b = self.model.t.float().cpu(), self.model.b.float().cpu()
-        return torch.sigmoid(t * (zimg * ztxt).sum(-1) + b)
+        return torch.sigmoid(self.from_cosine((zimg * ztxt).sum(-1)))
 
     def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
         """(c, d) unit rows: per label, the renormalised mean of its template embeddings (each

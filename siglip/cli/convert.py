@@ -12,5 +12,7 @@ PASSTHROUGH = True
 def main(argv: list[str]) -> int:
     from siglip.convert import main as convert_main
 
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
     convert_main(argv)
     return 0

@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     ztxt = model.embed_texts(texts, args.batch_size)  # (n, d)
     zimg, ok, skipped = embed_image_items(model, items, args.batch_size, args.workers, progress=len(items) > 64)
-    t, b = float(model.model.t), float(model.model.b)
-    logits = t * (zimg * ztxt[ok]).sum(-1) + b  # (n_ok,) one pair each
+    logits = model.from_cosine((zimg * ztxt[ok]).sum(-1))  # (n_ok,) t * cos + b, one pair each
     rows = [
         {"image": items[i].record["path"], "text": texts[i], "score": float(torch.sigmoid(z)), "logit": float(z)}
         for i, z in zip(ok, logits)

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cos, rows = topk_file(index / meta["embeddings"], q, args.k)
     took = time.perf_counter() - start
-    logits = float(model.model.t) * cos[0] + float(model.model.b)  # (k,) t * cos + b
+    logits = model.from_cosine(cos[0])  # (k,) t * cos + b
     items = read_items(index, meta, rows[0].tolist())
     results = [
         {"rank": r + 1, "path": item_label(it), "score": float(torch.sigmoid(z)), "logit": float(z), "cosine": float(c)}
