@@ -10,6 +10,7 @@ exact: the same rows and cosines as a float32 full matmul and a sort.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +42,25 @@ def _merge(best: tuple[Tensor, Tensor] | None, scores: Tensor, rows: Tensor, k: 
     return top.values, rows[top.indices]
 
 
-def _chunk_candidates(block: Tensor, q: Tensor, k: int) -> list[tuple[Tensor, Tensor]]:
-    """Per query: (exact float32 scores, local row ids) of the rows that can be in its top k. A
-    float16 block is scored in float16 first (no conversion of the whole block; float32 accumulation),
-    then every row within FP16_TOL of the k-th float16 score is rescored exactly in float32."""
+def _chunk_candidates(block: Tensor, q: Tensor, k: int, floors: list[float]) -> list[tuple[Tensor, Tensor]]:
+    """Per query: (exact float32 scores, local row ids) of the rows of `block` that can enter its top
+    k, given `floors` (per query, the k-th best exact score so far; -inf before k are known). A
+    float16 block is scored in float16 first (no conversion of the block; float32 accumulation), then
+    only rows within FP16_TOL of the bar are rescored exactly in float32."""
     if block.dtype != torch.float16:
         scores = (block.float() @ q.T).T  # (q, m)
         return [(s, torch.arange(len(s))) for s in scores]
     rough = (block @ q.half().T).T  # (q, m) float16
     out = []
     for j, s in enumerate(rough):
-        kth = s.topk(min(k, len(s))).values[-1].float()
-        ids = (s.float() >= kth - FP16_TOL).nonzero()[:, 0]
+        bar = floors[j] if floors[j] > -math.inf else float(s.topk(min(k, len(s))).values[-1])
+        ids = (s >= bar - FP16_TOL).nonzero()[:, 0]
         out.append((block[ids].float() @ q[j], ids))
     return out
+
+
+def _floors(best: list, k: int) -> list[float]:
+    return [float(b[0][-1]) if b is not None and len(b[0]) == k else -math.inf for b in best]
 
 
 def topk_rows(rows: np.ndarray | Tensor, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS) -> tuple[Tensor, Tensor]:
@@ -63,7 +69,7 @@ def topk_rows(rows: np.ndarray | Tensor, queries: Tensor, k: int, chunk_rows: in
     best: list = [None] * len(q)
     for s in range(0, len(rows), chunk_rows):
         block = torch.as_tensor(np.asarray(rows[s : s + chunk_rows]))
-        for j, (sc, ids) in enumerate(_chunk_candidates(block, q, k)):
+        for j, (sc, ids) in enumerate(_chunk_candidates(block, q, k, _floors(best, k))):
             best[j] = _merge(best[j], sc, ids + s, k)
     return _stack(best, len(q))
 
@@ -90,7 +96,7 @@ def topk_file(path: str | Path, queries: Tensor, k: int, chunk_rows: int = CHUNK
             view = buf[: min(chunk_rows, n - s)]
             if f.readinto(memoryview(view).cast("B")) != view.nbytes:
                 raise ValueError(f"{path}: truncated at row {s} (expected {n} rows)")
-            for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k)):
+            for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k, _floors(best, k))):
                 best[j] = _merge(best[j], sc, ids + s, k)
             if progress is not None:
                 progress(len(view))
