@@ -8,12 +8,12 @@ prob = model.score(["seven.png"], ["a handwritten seven"])      # (1, 1) sigmoid
 The `siglip` command (`python -m siglip`, siglip/cli/) embeds folders, searches, classifies, scores.
 """
 
-from .api import Model, load
-from .checkpoint import save_model
-from .config import Config, ModelConfig
-from .loss import sigmoid_loss, softmax_loss
-from .model import SigLIP
-from .tokenizer import Tokenizer
+from siglip.api import Model, load
+from siglip.checkpoint import save_model
+from siglip.config import Config, ModelConfig
+from siglip.loss import sigmoid_loss, softmax_loss
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
 
 __all__ = [
     "load",

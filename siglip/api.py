@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from siglip.checkpoint import tokenizer_from_payload
 from siglip.config import model_config_from_dict
-from siglip.convert import load_payload
+from siglip.interop.detect import load_payload
 from siglip.data import load_image
 from siglip.model import SigLIP, l2_normalize
 from siglip.tokenizer import Tokenizer

@@ -13,10 +13,10 @@ import torch
 
 import siglip
 from siglip.cli import main
-from siglip.eval_data import classification_set
-from siglip.prompts import DIGITS_CLASSNAMES
-from siglip.zero_shot import class_embeddings
-from siglip.embed import embed_images
+from siglip.data.digits import DIGITS_CLASSNAMES
+from siglip.eval.datasets import classification_set
+from siglip.eval.embed import embed_images
+from siglip.eval.zero_shot import class_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ PASSTHROUGH = True
 
 
 def main(argv: list[str]) -> int:
-    from siglip.convert import main as convert_main
+    from siglip.interop.__main__ import main as convert_main
 
     if "-h" in argv or "--help" in argv:
         print(__doc__)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from siglip.data import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTENSIONS, ManifestError, load_image
-from siglip.webdataset import IMAGE_EXTS, is_shard_pattern, shard_list
+from siglip.data.manifests import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTENSIONS, ManifestError, load_image
+from siglip.data.webdataset import IMAGE_EXTS, is_shard_pattern, shard_list
 
 
 @dataclass
