@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from siglip.checkpoint import tokenizer_from_payload
 from siglip.config import model_config_from_dict
-from siglip.interop.detect import load_payload
 from siglip.data import load_image
+from siglip.interop.detect import load_payload
 from siglip.model import SigLIP, l2_normalize
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import checkpoint_transform
@@ -203,9 +203,7 @@ class Model:
         z = self.embed_texts([t.format(label) for label in labels for t in templates])  # label-major
         return l2_normalize(z.view(len(labels), len(templates), -1).mean(dim=1))
 
-    def classify(
-        self, images: Images, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
-    ) -> Tensor:
+    def classify(self, images: Images, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
         """(n, c) per-label probabilities `sigmoid(t * cos(image, label) + b)`; the top label of
         image i is `probs[i].argmax()` (the zero-shot prediction)."""
         return torch.sigmoid(self.logits(self.embed_images(images), self.label_embeddings(labels, templates)))

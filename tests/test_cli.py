@@ -90,7 +90,9 @@ def test_resume_after_interruption_and_incremental_runs(world, monkeypatch):
     assert sum(map(len, written)) == 12 - 6  # the two committed parts (6 images) are not redone
     a, b = np.load(tmp / "idx" / read_meta(tmp / "idx")["embeddings"]), np.load(fresh / read_meta(fresh)["embeddings"])
     assert np.array_equal(a, b)  # the same index as one uninterrupted run, row for row
-    assert (tmp / "idx" / read_meta(tmp / "idx")["items"]).read_text() == (fresh / read_meta(fresh)["items"]).read_text()
+    assert (tmp / "idx" / read_meta(tmp / "idx")["items"]).read_text() == (
+        fresh / read_meta(fresh)["items"]
+    ).read_text()
     # the folder grows: only the new files are embedded; the rows equal a fresh run's
     for i in range(12, 15):
         write_image(tmp / "photos" / "s0" / f"{i:02d}.png", COLOURS[i % 6], (30, 20))
@@ -118,7 +120,8 @@ def test_topk_is_exact_against_brute_force(tmp_path):
     ref = full.T.topk(25, dim=1)
     for got in (topk_file(tmp_path / "rows.npy", q, 25, chunk_rows=97), topk_rows(rows, q, 25, chunk_rows=128)):
         torch.testing.assert_close(got[0], ref.values, atol=1e-6, rtol=0)  # chunked vs one matmul: rounding only
-        torch.testing.assert_close(full.T.gather(1, got[1]), ref.values, atol=1e-6, rtol=0)  # the rows found are the top k
+        found = full.T.gather(1, got[1])  # the full matmul's scores of the rows found: the top k
+        torch.testing.assert_close(found, ref.values, atol=1e-6, rtol=0)
 
 
 def test_search_json_html_and_a_different_model_is_refused(world, tokenizer, capsys):
@@ -191,7 +194,9 @@ def test_classify_and_score_commands(world, capsys, tmp_path):
     assert main(["score", "--model", model_path, "--image", pngs[0], "--text", "a red square",
                  "--image", pngs[1], "--text", "a blue circle", "--json"]) == 0  # fmt: skip
     scores = [r["score"] for r in json.loads(capsys.readouterr().out)]
-    assert scores == pytest.approx(model.score(pngs[:2], ["a red square", "a blue circle"], pairs=True).tolist(), abs=1e-6)
+    assert scores == pytest.approx(
+        model.score(pngs[:2], ["a red square", "a blue circle"], pairs=True).tolist(), abs=1e-6
+    )
     assert main(["score", "--model", model_path, "--image", pngs[0]]) == 1
     assert "in pairs" in capsys.readouterr().err
 

@@ -10,9 +10,9 @@ from PIL import Image
 import siglip
 from siglip.api import TokenizerMissing
 from siglip.config import ModelConfig
+from siglip.eval.zero_shot import class_embeddings
 from siglip.interop.__main__ import main as convert_main
 from siglip.model import SigLIP
-from siglip.eval.zero_shot import class_embeddings
 from tests.conftest import write_image
 
 TEXTS = ["a red square on white", "a blue circle in the dark", "a photo of a cat"]

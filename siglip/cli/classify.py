@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--labels", default="", help='comma-separated labels: "cat,dog,car"')
     p.add_argument("--labels-file", default="", help="labels, one a line")
-    p.add_argument("--template", action="append", default=[], help='prompt with {} for the label (repeatable)')
+    p.add_argument("--template", action="append", default=[], help="prompt with {} for the label (repeatable)")
     p.add_argument("--templates-file", default="", help="templates, one a line")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, top, score, probs}")
@@ -50,9 +50,11 @@ def image_items(src: list[str]) -> list[Item]:
 
 def run(args: argparse.Namespace) -> int:
     labels = read_list(args.labels, args.labels_file, "labels")
-    templates = read_list(",".join(args.template), args.templates_file, "templates") if (
-        args.template or args.templates_file
-    ) else list(DEFAULT_TEMPLATES)
+    templates = (
+        read_list(",".join(args.template), args.templates_file, "templates")
+        if (args.template or args.templates_file)
+        else list(DEFAULT_TEMPLATES)
+    )
     model = load_model(args)
     classes = model.label_embeddings(labels, templates)  # (c, d)
     items = image_items(args.src)

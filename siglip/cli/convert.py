@@ -1,7 +1,7 @@
 """siglip convert SRC DST --to {siglip,hf} [--tokenizer FILE]: the checkpoint converter.
 
-    siglip convert /models/siglip-base-patch16-224 siglip_b16.pt --to siglip
-    siglip convert ./checkpoints/siglip_finetune.pt ./export --to hf
+siglip convert /models/siglip-base-patch16-224 siglip_b16.pt --to siglip
+siglip convert ./checkpoints/siglip_finetune.pt ./export --to hf
 """
 
 from __future__ import annotations

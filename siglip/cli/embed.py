@@ -28,7 +28,9 @@ from siglip.index.sources import list_items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", nargs="?", default="", help="folder, manifest (.csv/.tsv/.jsonl) or shards ('{0000..0099}.tar')")
+    p.add_argument(
+        "src", nargs="?", default="", help="folder, manifest (.csv/.tsv/.jsonl) or shards ('{0000..0099}.tar')"
+    )
     p.add_argument("--texts", default="", help="embed the texts of this file (one a line) instead of images")
     p.add_argument("--out", required=True, help="the index folder (created; resumed if it exists)")
     add_model_arguments(p)

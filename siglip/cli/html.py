@@ -33,8 +33,8 @@ def write_results_page(path: str, query: str, results: list[dict], items: list[d
         img = f'<img src="{uri}" alt="">' if uri else f"<pre>{html.escape(r['path'])}</pre>"
         caption = html.escape(item.get("caption", item.get("text", "")))
         cards.append(
-            f'<figure>{img}<figcaption><b>#{r["rank"]}</b> p={r["score"]:.3f} cos={r["cosine"]:+.3f}<br>'
-            f'<small>{html.escape(r["path"])}</small><br>{caption}</figcaption></figure>'
+            f"<figure>{img}<figcaption><b>#{r['rank']}</b> p={r['score']:.3f} cos={r['cosine']:+.3f}<br>"
+            f"<small>{html.escape(r['path'])}</small><br>{caption}</figcaption></figure>"
         )
     page = (
         "<!doctype html><meta charset='utf-8'><title>siglip search</title>"

@@ -42,10 +42,14 @@ def pairs_of(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
         items = manifest_items(Path(args.pairs), args.image_column, args.caption_column)
         missing = [it.record["line"] for it in items if "caption" not in it.record]
         if missing:
-            raise ValueError(f"{args.pairs}: no caption column found (or empty at line {missing[0]}); name it with --caption-column")
+            raise ValueError(
+                f"{args.pairs}: no caption column found (or empty at line {missing[0]}); name it with --caption-column"
+            )
         return items, [it.record["caption"] for it in items]
     if not args.image or len(args.image) != len(args.text):
-        raise ValueError(f"give --image and --text in pairs (got {len(args.image)} images, {len(args.text)} texts) or --pairs FILE")
+        raise ValueError(
+            f"give --image and --text in pairs (got {len(args.image)} images, {len(args.text)} texts) or --pairs FILE"
+        )
     items = [Item(f"{i}:{p}", {"path": p}, p) for i, p in enumerate(args.image)]
     return items, list(args.text)
 

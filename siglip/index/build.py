@@ -139,7 +139,9 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
     if meta is not None:
         check_model(meta, model.fingerprint, index)
         if meta.get("kind") != opts.kind:
-            raise ValueError(f"{index}: an index of {meta.get('kind')}s; this run embeds {opts.kind}s (use another --out)")
+            raise ValueError(
+                f"{index}: an index of {meta.get('kind')}s; this run embeds {opts.kind}s (use another --out)"
+            )
     for _, body in read_parts(index):
         check_model({"fingerprint": body["fingerprint"], "model": "an interrupted run"}, model.fingerprint, index)
     done = done_keys(index, meta)
@@ -148,7 +150,13 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
     units = [todo[s : s + opts.unit_size] for s in range(0, len(todo), opts.unit_size)]
     if rt.is_main:
         log.info("%d items, %d already indexed or skipped, %d to embed", len(items), len(items) - len(todo), len(todo))
-    _write_units(model, items, units[rt.rank :: rt.world_size], index, EmbedOptions(**{**opts.__dict__, "progress": opts.progress and rt.is_main}))
+    _write_units(
+        model,
+        items,
+        units[rt.rank :: rt.world_size],
+        index,
+        EmbedOptions(**{**opts.__dict__, "progress": opts.progress and rt.is_main}),
+    )
     barrier(rt)
     if rt.is_main:
         run = {

@@ -63,7 +63,9 @@ def _floors(best: list, k: int) -> list[float]:
     return [float(b[0][-1]) if b is not None and len(b[0]) == k else -math.inf for b in best]
 
 
-def topk_rows(rows: np.ndarray | Tensor, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS) -> tuple[Tensor, Tensor]:
+def topk_rows(
+    rows: np.ndarray | Tensor, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS
+) -> tuple[Tensor, Tensor]:
     """Exact top-k of `queries` (q, d) against in-memory `rows` (n, d): (q, k) cosines, (q, k) row ids."""
     q = queries.float().reshape(-1, queries.shape[-1])
     best: list = [None] * len(q)
@@ -80,7 +82,9 @@ def _stack(best: list, nq: int) -> tuple[Tensor, Tensor]:
     return torch.stack([b[0] for b in best]), torch.stack([b[1] for b in best])
 
 
-def topk_file(path: str | Path, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS, progress=None) -> tuple[Tensor, Tensor]:
+def topk_file(
+    path: str | Path, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS, progress=None
+) -> tuple[Tensor, Tensor]:
     """Exact top-k of `queries` (q, d) float32 unit rows against the .npy rows file at `path`:
     (q, k) cosines (descending) and (q, k) row ids. Reads `chunk_rows` rows at a time into one buffer."""
     offset, shape, dtype = npy_layout(path)

@@ -154,7 +154,11 @@ def consolidate(index: Path, meta: dict, order: dict[str, int]) -> dict:
     n_old = 0 if old_rows is None else len(old_rows)
     count = n_old + sum(len(b["keys"]) for _, b in parts)
     gen = int(old.get("generation", 0)) + 1 if old else 1
-    names = {"embeddings": f"embeddings-{gen}.npy", "items": f"items-{gen}.jsonl", "offsets": f"items-{gen}.offsets.npy"}
+    names = {
+        "embeddings": f"embeddings-{gen}.npy",
+        "items": f"items-{gen}.jsonl",
+        "offsets": f"items-{gen}.offsets.npy",
+    }
     dtype = np.dtype(meta["dtype"])
     rows = np.lib.format.open_memmap(index / names["embeddings"], mode="w+", dtype=dtype, shape=(count, meta["dim"]))
     at = 0 if old_rows is None else _copy_rows(old_rows, rows, 0)
