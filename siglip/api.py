@@ -11,10 +11,10 @@ need not sum to 1 (several labels can be likely at once, or none). Weights that 
 tokenizer (an open_clip `.bin` alone, a big_vision `.npz`, a Hugging Face folder without
 `spiece.model`) load; the image side works and a text call says how to pass one.
 
-Images reach the image tower through two methods only: `prepare` (the checkpoint's own preprocessing,
-built by `siglip.transforms.checkpoint_transform`, images -> model inputs) and `encode_prepared`
-(model inputs -> unit fp32 rows). Everything else (`embed_images`, `score`, `classify`, the
-`siglip` command) goes through them.
+Images reach the image tower in two steps: `preprocess` (the checkpoint's own, built by
+`siglip.transforms.checkpoint_transform`: one image -> its model input), stacked by `prepare`, and
+`encode_prepared` (model inputs -> unit fp32 rows), the one call into the image tower. `embed_images`,
+`score`, `classify` and the `siglip` command (whose DataLoader workers apply `preprocess`) all use them.
 """
 
 from __future__ import annotations

@@ -105,6 +105,9 @@ def test_resume_after_interruption_and_incremental_runs(world, monkeypatch):
     assert grown.keys() == ref.keys() and meta["count"] == 15 and len(meta["skipped"]) == 1
     assert all(np.array_equal(grown[p], ref[p]) for p in ref)
     assert not (tmp / "idx" / "parts").exists() or not list((tmp / "idx" / "parts").iterdir())
+    written.clear()
+    embed(tmp / "photos", "--model", model_path, "--out", tmp / "idx")  # nothing new: nothing rewritten
+    assert not written and read_meta(tmp / "idx")["generation"] == meta["generation"]
 
 
 def test_topk_is_exact_against_brute_force(tmp_path):

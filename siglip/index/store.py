@@ -18,6 +18,7 @@ parts are deleted after the commit. A run that stops early leaves parts that the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -141,51 +142,63 @@ def _copy_rows(src: np.ndarray, dst: np.ndarray, start: int) -> int:
     return start + len(src)
 
 
+def _write_rows(index: Path, name: str, old_rows: np.ndarray | None, parts: list, dtype: np.dtype, dim: int) -> int:
+    """embeddings-G.npy: the old rows, then each part's, copied in blocks (never all in memory)."""
+    count = (0 if old_rows is None else len(old_rows)) + sum(len(b["keys"]) for _, b in parts)
+    if count == 0:
+        atomic_npy(index / name, np.zeros((0, dim), dtype))
+        return 0
+    rows = np.lib.format.open_memmap(index / name, mode="w+", dtype=dtype, shape=(count, dim))
+    at = 0 if old_rows is None else _copy_rows(old_rows, rows, 0)
+    for npy, _ in parts:
+        at = _copy_rows(np.load(npy, mmap_mode="r").astype(dtype, copy=False), rows, at)
+    rows.flush()
+    return count
+
+
+def _write_items(index: Path, names: dict, old: dict | None, parts: list, count: int) -> None:
+    """items-G.jsonl (old items, then each part's, with their ids) and its line offsets."""
+    offsets, pos = np.zeros(count, dtype=np.int64), 0
+    lines = iter_items(index, old) if old else iter(())
+    new = ({**rec, "id": key} for _, body in parts for key, rec in zip(body["keys"], body["records"]))
+    with open(index / names["items"], "w", encoding="utf-8") as f:
+        for i, item in enumerate(itertools.chain(lines, new)):
+            line = json.dumps(item) + "\n"
+            offsets[i], pos = pos, pos + len(line.encode())
+            f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    atomic_npy(index / names["offsets"], offsets)
+
+
 def consolidate(index: Path, meta: dict, order: dict[str, int]) -> dict:
     """Merge committed parts after the current rows (new rows in `order`: key -> position in the
     source listing), commit the new meta.json, delete what it replaced. Returns the new meta.
-    `meta` holds the run's model, fingerprint, dim, dtype, kind and source."""
-    old = read_meta(index)
-    parts = read_parts(index)
+    `meta` holds the run's model, fingerprint, dim, dtype, kind and source (an existing index keeps
+    its dtype)."""
+    old, parts = read_meta(index), read_parts(index)
+    if old is not None and not parts:
+        return old  # nothing new: no rewrite
     for _, body in parts:
         check_model({**meta, "fingerprint": body["fingerprint"]}, meta["fingerprint"], index / "parts", "this run")
     parts.sort(key=lambda p: min((order.get(k, len(order)) for k in p[1]["keys"]), default=len(order)))
-    old_rows = np.load(index / old["embeddings"], mmap_mode="r") if old and old.get("embeddings") else None
-    n_old = 0 if old_rows is None else len(old_rows)
-    count = n_old + sum(len(b["keys"]) for _, b in parts)
+    meta = {**meta, "dtype": old["dtype"]} if old else meta
     gen = int(old.get("generation", 0)) + 1 if old else 1
     names = {
         "embeddings": f"embeddings-{gen}.npy",
         "items": f"items-{gen}.jsonl",
         "offsets": f"items-{gen}.offsets.npy",
     }
-    dtype = np.dtype(meta["dtype"])
-    rows = np.lib.format.open_memmap(index / names["embeddings"], mode="w+", dtype=dtype, shape=(count, meta["dim"]))
-    at = 0 if old_rows is None else _copy_rows(old_rows, rows, 0)
-    offsets, pos = np.zeros(count, dtype=np.int64), 0
-    with open(index / names["items"], "w", encoding="utf-8") as f:
-        for i, item in enumerate(iter_items(index, old) if old else ()):
-            line = json.dumps(item) + "\n"
-            offsets[i], pos = pos, pos + len(line.encode())
-            f.write(line)
-        i = n_old
-        for npy, body in parts:
-            at = _copy_rows(np.load(npy, mmap_mode="r").astype(dtype, copy=False), rows, at)
-            for key, rec in zip(body["keys"], body["records"]):
-                line = json.dumps({**rec, "id": key}) + "\n"
-                offsets[i], pos, i = pos, pos + len(line.encode()), i + 1
-                f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    rows.flush()
-    del rows
-    atomic_npy(index / names["offsets"], offsets)
+    old_rows = np.load(index / old["embeddings"], mmap_mode="r") if old else None
+    count = _write_rows(index, names["embeddings"], old_rows, parts, np.dtype(meta["dtype"]), meta["dim"])
+    del old_rows
+    _write_items(index, names, old, parts, count)
     skipped = (old or {}).get("skipped", []) + [s for _, b in parts for s in b["skipped"]]
     new = {**(old or {}), **meta, "format": FORMAT, "version": VERSION, "generation": gen, "count": count}
     new.update(names, skipped=skipped)
     write_meta(index, new)  # the commit
     for k in ("embeddings", "items", "offsets"):
-        if old and old.get(k) and old[k] != new[k]:
+        if old and old[k] != new[k]:
             (index / old[k]).unlink(missing_ok=True)
     for npy, _ in parts:
         npy.unlink(missing_ok=True)
