@@ -121,4 +121,6 @@ def read_big_vision(path: Path, tokenizer: str | Path | None, require_tokenizer:
             raise KeyError(f"{path}: .npz without {need!r}; not a big_vision SigLIP checkpoint")
     cfg = big_vision_config(arrays, str(path))
     sd = apply_rules(big_vision_rules(cfg), arrays, model_shapes(cfg), str(path))
-    return make_payload(cfg, sd, find_tokenizer(path, tokenizer, require_tokenizer), "bilinear")  # big_vision resizes bilinearly
+    return make_payload(
+        cfg, sd, find_tokenizer(path, tokenizer, require_tokenizer), "bilinear"
+    )  # big_vision resizes bilinearly

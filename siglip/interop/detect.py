@@ -1,22 +1,17 @@
 """Any supported checkpoint in: the format is detected from the content, read by its module, and
-returned as our payload; then the entry points for fine-tuning (`load_pretrained`, `load_into`) and
-for use (`load`: a ready model with its tokenizer and preprocessing)."""
+returned as our payload; then the entry points for fine-tuning (`load_pretrained`, `load_into`).
+A ready-to-use model with its tokenizer and preprocessing is `siglip.load` (siglip/api.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from siglip.checkpoint import FORMAT, Payload, read_checkpoint, tokenizer_from_payload
-from siglip.config import ModelConfig, model_config_from_dict
+from siglip.checkpoint import FORMAT, Payload, read_checkpoint
 from siglip.interop.big_vision import read_big_vision
 from siglip.interop.hf import read_hf
 from siglip.interop.open_clip import read_open_clip
 from siglip.interop.tensors import is_npz, read_tensors
 from siglip.model import SigLIP, resize_pos_embed
-from siglip.transforms import image_transform
 
 
 def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
@@ -81,28 +76,3 @@ def load_into(model: SigLIP, payload: Payload, where: str | Path) -> None:
             f"{where}: weights do not fit the model (missing {[k for k in missing if k not in allowed][:5]}, "
             f"unexpected {unexpected[:5]})"
         )
-
-
-def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> SigLIP:
-    """A ready-to-use model in eval mode, with `model.tokenizer` (list of str -> (n, L) ids) and
-    `model.preprocess` (PIL image -> (3, S, S) tensor) attached.
-
-    `path`: our model file, a Hugging Face SigLIP folder or weights file, an open_clip SigLIP checkpoint
-    or a big_vision .npz (detected, see `load_payload`); `tokenizer`: a SentencePiece model for
-    formats that do not keep one beside the weights."""
-    payload = load_payload(path, tokenizer)
-    if payload.get("partial"):
-        raise ValueError(
-            f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"
-        )
-    cfg: ModelConfig = model_config_from_dict(payload["model_config"])
-    model = SigLIP(cfg)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-    model.tokenizer = tokenizer_from_payload(payload)
-    pre = payload["preprocess"]
-    model.preprocess: Callable = image_transform(int(pre["image_size"]), pre["resample"])
-    return model.to(device).eval()
