@@ -1,6 +1,8 @@
-"""The `siglip` command on the bundled digits with a briefly trained demo model: text search finds
-the digit asked for, classify makes the zero-shot evaluator's predictions, score is the forward's
-sigmoid(t * cos + b). Slow: it trains the demo model for 6 epochs first (about a minute on 2 cores)."""
+"""The `siglip` command on the bundled digits with the trained demo model: text search finds the
+digit asked for, classify makes the zero-shot evaluator's predictions, score is the forward's
+sigmoid(t * cos + b). Slow: it trains the demo model first (configs/demo_config.py, 660 steps, a few
+minutes on 2 free cores); SIGLIP_DEMO_MODEL=runs/demo/siglip_demo.pt reuses one `make demo` made.
+"""
 
 import json
 import os
@@ -13,7 +15,7 @@ import torch
 
 import siglip
 from siglip.cli import main
-from siglip.data.digits import DIGITS_CLASSNAMES
+from siglip.data.digits import DIGITS_CLASSNAMES, ensure_digits
 from siglip.eval.datasets import classification_set
 from siglip.eval.embed import embed_images
 from siglip.eval.zero_shot import class_embeddings
@@ -25,16 +27,18 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, str(ROOT / "training/train.py"), "--config", str(ROOT / "configs/demo_config.py"),
-           "--epochs", "6", "--config.optim.warmup_steps=10", "--config.data.random_resized_crop=false",
-           "--config.data.color_jitter=0", "--output-dir", str(tmp / "demo"), f"--config.data.digits_root={tmp / 'digits'}",
-           "--config.data.num_workers=0", "--config.train.device=cpu", "--config.train.log_every=1000"]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=tmp, env=env, capture_output=True)
-    model = tmp / "demo" / "siglip_demo.pt"
-    assert main(["embed", str(tmp / "digits" / "heldout"), "--model", str(model), "--out", str(tmp / "idx"),
+    model = os.environ.get("SIGLIP_DEMO_MODEL", "")
+    if not model:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
+        cmd = [sys.executable, str(ROOT / "training/train.py"), "--config", str(ROOT / "configs/demo_config.py"),
+               "--output-dir", str(tmp / "demo"), f"--config.data.digits_root={tmp / 'digits'}",
+               "--config.train.log_every=1000"]  # fmt: skip
+        subprocess.run(cmd, check=True, cwd=tmp, env=env, capture_output=True)
+        model = str(tmp / "demo" / "siglip_demo.pt")
+    ensure_digits(tmp / "digits")
+    assert main(["embed", str(tmp / "digits" / "heldout"), "--model", model, "--out", str(tmp / "idx"),
                  "--workers", "0"]) == 0  # fmt: skip
-    return tmp, str(model)
+    return tmp, model
 
 
 def test_text_search_finds_the_digit(demo, capsys):
