@@ -147,7 +147,8 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
     done = done_keys(index, meta)
     barrier(rt)  # every process has read the same state before any writes a part
     todo = [i for i, it in enumerate(items) if it.key not in done]
-    units = [todo[s : s + opts.unit_size] for s in range(0, len(todo), opts.unit_size)]
+    size = max(1, min(opts.unit_size, -(-len(todo) // rt.world_size)))  # every process gets work
+    units = [todo[s : s + size] for s in range(0, len(todo), size)]
     if rt.is_main:
         log.info("%d items, %d already indexed or skipped, %d to embed", len(items), len(items) - len(todo), len(todo))
     _write_units(
