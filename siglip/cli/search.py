@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from siglip.cli.common import add_model_arguments, load_model, print_json
 from siglip.index.search import topk_file
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     check_model(meta, model.fingerprint, index, f"--model {model_path}")
     q = model.embed_images([args.image]) if args.image else model.embed_texts([args.query])  # (1, d)
     start = time.perf_counter()
-    cos, rows = topk_file(index / meta["embeddings"], q, args.k)
+    with tqdm(total=meta["count"], unit="row", desc="search", disable=meta["count"] < 1 << 22, leave=False) as bar:
+        cos, rows = topk_file(index / meta["embeddings"], q, args.k, progress=bar.update)
     took = time.perf_counter() - start
     logits = model.from_cosine(cos[0])  # (k,) t * cos + b
     items = read_items(index, meta, rows[0].tolist())

@@ -10,6 +10,7 @@ one is skipped with its reason, never fatal.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,7 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
     barrier(rt)
     if rt.is_main:
         run = {
-            "kind": opts.kind, "model": model.path, "fingerprint": model.fingerprint, "dim": model.dim,
+            "kind": opts.kind, "model": os.path.abspath(model.path), "fingerprint": model.fingerprint, "dim": model.dim,
             "dtype": opts.store_dtype, "source": opts.source,
         }  # fmt: skip
         meta = consolidate(index, run, {it.key: i for i, it in enumerate(items)})
