@@ -50,11 +50,10 @@ def image_items(src: list[str]) -> list[Item]:
 
 def run(args: argparse.Namespace) -> int:
     labels = read_list(args.labels, args.labels_file, "labels")
-    templates = (
-        read_list(",".join(args.template), args.templates_file, "templates")
-        if (args.template or args.templates_file)
-        else list(DEFAULT_TEMPLATES)
-    )
+    templates = list(args.template)  # as given: a template may hold a comma
+    if args.templates_file:
+        templates += read_list("", args.templates_file, "templates")
+    templates = templates or list(DEFAULT_TEMPLATES)
     model = load_model(args)
     classes = model.label_embeddings(labels, templates)  # (c, d)
     items = image_items(args.src)
