@@ -11,8 +11,6 @@ exact: the same rows and cosines as a float32 full matmul and a sort.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,43 +82,26 @@ def _stack(best: list, nq: int) -> tuple[Tensor, Tensor]:
     return torch.stack([b[0] for b in best]), torch.stack([b[1] for b in best])
 
 
-def _read_chunks(path: Path, offset: int, n: int, d: int, dtype: np.dtype, chunk_rows: int) -> Iterator:
-    """(start row, rows) per chunk, read by a second thread into two alternating buffers, so the
-    next read overlaps this chunk's scoring (both release the GIL). A yielded buffer stays valid
-    until the next one is asked for."""
-    bufs = [np.empty((min(chunk_rows, max(n, 1)), d), dtype=dtype) for _ in range(2)]
-
-    def read(f, s: int, buf: np.ndarray) -> np.ndarray:
-        view = buf[: min(chunk_rows, n - s)]
-        if f.readinto(memoryview(view).cast("B")) != view.nbytes:
-            raise ValueError(f"{path}: truncated at row {s} (expected {n} rows)")
-        return view
-
-    starts = list(range(0, n, chunk_rows))
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
-        f.seek(offset)
-        pending = pool.submit(read, f, starts[0], bufs[0]) if starts else None
-        for i, s in enumerate(starts):
-            view = pending.result()
-            pending = pool.submit(read, f, starts[i + 1], bufs[(i + 1) % 2]) if i + 1 < len(starts) else None
-            yield s, view
-
-
 def topk_file(
     path: str | Path, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS, progress=None
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k of `queries` (q, d) float32 unit rows against the .npy rows file at `path`:
-    (q, k) cosines (descending) and (q, k) row ids. Reads `chunk_rows` rows at a time (two buffers:
-    one read while the other is scored); `progress(rows)` is called after each chunk."""
+    (q, k) cosines (descending) and (q, k) row ids. Reads `chunk_rows` rows at a time into one buffer."""
     offset, shape, dtype = npy_layout(path)
     n, d = shape
     if queries.shape[-1] != d:
         raise ValueError(f"{path}: rows have dim {d}, the query has {queries.shape[-1]} (another model?)")
     q = queries.float().reshape(-1, d)
     best: list = [None] * len(q)
-    for s, view in _read_chunks(Path(path), offset, n, d, dtype, chunk_rows):
-        for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k, _floors(best, k))):
-            best[j] = _merge(best[j], sc, ids + s, k)
-        if progress is not None:
-            progress(len(view))
+    buf = np.empty((min(chunk_rows, max(n, 1)), d), dtype=dtype)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        for s in range(0, n, chunk_rows):
+            view = buf[: min(chunk_rows, n - s)]
+            if f.readinto(memoryview(view).cast("B")) != view.nbytes:
+                raise ValueError(f"{path}: truncated at row {s} (expected {n} rows)")
+            for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k, _floors(best, k))):
+                best[j] = _merge(best[j], sc, ids + s, k)
+            if progress is not None:
+                progress(len(view))
     return _stack(best, len(q))
