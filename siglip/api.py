@@ -88,6 +88,17 @@ class Model:
             raise AttributeError(name)
         return getattr(self.model, name)
 
+    def to(self, *args, **kwargs) -> Model:
+        """Move or cast the weights (as `nn.Module.to`); returns this Model, so chaining keeps its methods."""
+        self.model.to(*args, **kwargs)
+        return self
+
+    def cuda(self, device: int | None = None) -> Model:
+        return self.to(torch.device("cuda", device) if device is not None else "cuda")
+
+    def cpu(self) -> Model:
+        return self.to("cpu")
+
     def __call__(self, pixels: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
         """The module's forward: (zimg, ztxt), as `SigLIP.forward`."""
         return self.model(pixels, ids)

@@ -118,3 +118,5 @@ def test_dtype_and_fingerprint(saved, tmp_path):
     siglip.save_model(tmp_path / "other.pt", net, full.tokenizer, "bicubic")
     assert siglip.load(tmp_path / "other.pt").fingerprint != full.fingerprint
     assert Path(full.path) == path and "mu" in repr(full)
+    moved = full.to(torch.bfloat16)  # chaining keeps the Model
+    assert moved is full and full.dtype == torch.bfloat16 and full.embed_images(images).dtype == torch.float32
