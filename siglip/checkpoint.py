@@ -93,8 +93,8 @@ def model_payload(
 def preprocess_dict(cfg: ModelConfig, resample: str, max_num_patches: int = 0) -> dict:
     """The payload's `preprocess` entry; NaFlex models also keep their patch budget per image."""
     pre = {"image_size": cfg.image_size, "resample": resample}
-    if cfg.naflex:
-        pre["max_num_patches"] = max_num_patches or NAFLEX_MAX_PATCHES
+    if cfg.naflex:  # enough for `transforms.checkpoint_transform` to build the NaFlex preprocessing
+        pre.update(patch_size=cfg.patch_size, max_num_patches=max_num_patches or NAFLEX_MAX_PATCHES)
     return pre
 
 

@@ -45,9 +45,11 @@ class NaFlexPatches:
     def shape(self) -> torch.Size:
         return self.patches.shape
 
-    def to(self, device, non_blocking: bool = False) -> NaFlexPatches:
+    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> NaFlexPatches:
+        """Moved to `device`; `dtype` applies to the patches only (the mask and shapes stay bool/long)."""
         move = lambda t: t.to(device, non_blocking=non_blocking)
-        return NaFlexPatches(move(self.patches), move(self.mask), move(self.spatial_shapes))
+        patches = self.patches.to(device, dtype, non_blocking=non_blocking)
+        return NaFlexPatches(patches, move(self.mask), move(self.spatial_shapes))
 
     def pin_memory(self) -> NaFlexPatches:  # DataLoader(pin_memory=True) calls this
         return NaFlexPatches(*(t.pin_memory() for t in self))

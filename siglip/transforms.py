@@ -118,7 +118,16 @@ def naflex_preprocess(
     return NaFlexPatches.stack([transform(img) for img in images])
 
 
-# --------------------------------------------------------------------------------------------------
+def checkpoint_transform(preprocess: dict) -> Callable[[Image.Image], Tensor | NaFlexPatches]:
+    """A checkpoint's own evaluation preprocessing, from its payload's `preprocess` entry
+    ({"image_size": S, "resample": "bicubic" | "bilinear" | "nearest"}, plus "patch_size" and
+    "max_num_patches" for a NaFlex model): the one place where what a model file says becomes a
+    transform (`siglip.load` and the `siglip` command use it). NaFlex items are `NaFlexPatches`:
+    batch them with `siglip.naflex.stack_images`."""
+    if preprocess.get("max_num_patches"):
+        patch = int(preprocess["patch_size"])
+        return naflex_transform(patch, int(preprocess["max_num_patches"]), preprocess.get("resample", "bilinear"))
+    return image_transform(int(preprocess["image_size"]), preprocess.get("resample", "bicubic"))
 
 
 def model_transform(cfg: ModelConfig, preprocess: dict, **augment) -> Callable[[Image.Image], Tensor | NaFlexPatches]:

@@ -81,6 +81,9 @@ def check_naflex(ours, hf, folder):
         out = hf(input_ids=ids, **inputs)
     torch.testing.assert_close(zimg, out.image_embeds, atol=ATOL, rtol=0)
     torch.testing.assert_close(ztxt, out.text_embeds, atol=ATOL, rtol=0)
+    # the model API: PIL images of any aspect ratio as they are, batched in twos
+    torch.testing.assert_close(ours.embed_images(images(), batch_size=2), out.image_embeds, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours.embed_texts(TEXTS), out.text_embeds, atol=ATOL, rtol=0)
 
 
 def export(model_path, dst):

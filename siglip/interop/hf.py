@@ -198,7 +198,7 @@ def _hf_config_from_shapes(
     return cfg
 
 
-def read_hf(path: Path, tokenizer: str | Path | None = None) -> Payload:
+def read_hf(path: Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
     """A SiglipModel folder, or a bare Hugging Face weights file (full model or one tower)."""
     folder = path if path.is_dir() else path.parent
     weights = _hf_weights(path) if path.is_dir() else path
@@ -214,10 +214,10 @@ def read_hf(path: Path, tokenizer: str | Path | None = None) -> Payload:
         cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
     rules = hf_rules(cfg, towers)
     sd = apply_rules(rules, state, model_shapes(cfg), str(weights))
-    proto = find_tokenizer(folder, tokenizer) if "text" in towers or tokenizer else b""
+    proto = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else b""
     partial = "" if len(towers) == 2 else towers[0]
     resample = _hf_resample(folder, 0, 2) if cfg.naflex else _hf_resample(folder, cfg.image_size)
-    kind = tokenizer_kind(folder, proto) if proto else "siglip"
+    kind = tokenizer_kind(folder, proto)
     max_patches = hf_max_num_patches(folder) if cfg.naflex else 0
     return make_payload(cfg, sd, proto, resample, partial, kind, max_patches)
 

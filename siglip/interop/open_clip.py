@@ -102,10 +102,12 @@ def open_clip_config(state: dict[str, Tensor], where: Path, kind: str = "siglip"
     )
 
 
-def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path | None) -> Payload:
+def read_open_clip(
+    path: Path, state: dict[str, Tensor], tokenizer: str | Path | None, require_tokenizer: bool = True
+) -> Payload:
     if "text.text_projection" in state:
         raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
-    proto = find_tokenizer(path, tokenizer)
+    proto = find_tokenizer(path, tokenizer, require_tokenizer)
     kind = tokenizer_kind(path if path.is_dir() else path.parent, proto)
     cfg = open_clip_config(state, path, kind)
     sd = apply_rules(open_clip_rules(cfg), state, model_shapes(cfg), str(path))

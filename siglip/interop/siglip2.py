@@ -51,6 +51,8 @@ def tokenizer_kind(folder: Path, proto: bytes) -> str:
             raise ValueError(
                 f"{cfg_file}: tokenizer_class {cls!r} not supported (one of {sorted(GEMMA_TOKENIZERS | SIGLIP_TOKENIZERS)})"
             )
+    if not proto:  # loaded without a tokenizer (images only)
+        return "siglip"
     sp = spm.SentencePieceProcessor(model_proto=proto)
     return "gemma" if sp.bos_id() >= 0 and sp.pad_id() >= 0 else "siglip"
 
