@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .tokenizer import Tokenizer
+from .transforms import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +57,29 @@ def _pick_column(names: list[str], wanted: str, candidates: tuple[str, ...], wha
 
 
 def read_manifest(path: str | Path, image_column: str = "", caption_column: str = "") -> list[Pair]:
-    """Rows of a CSV/TSV (with a header row) or JSONL manifest as (absolute image path, caption)."""
+    """Rows of a CSV/TSV (with a header row) or JSONL manifest as (absolute image path, caption).
+    UTF-8 with or without a byte-order mark, LF or CRLF, quoted fields may hold newlines; rows with
+    an empty caption are skipped and counted in the log."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     root = path.resolve().parent
     pairs: list[Pair] = []
+    empty: list[int] = []
 
     def add(line_no: int, image: object, caption: object) -> None:
         if not isinstance(image, str) or not image.strip():
             raise ManifestError(f"{path}:{line_no}: empty or missing image path")
         if not isinstance(caption, str):
             raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
+        if not caption.strip():
+            empty.append(line_no)
+            return
         image_path = Path(image.strip())
         pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
 
     suffix = path.suffix.lower()
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
         if suffix == ".jsonl":
             img_col = cap_col = None
             for line_no, line in enumerate(f, 1):
@@ -91,6 +98,7 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
                     raise ManifestError(f"{path}:{line_no}: missing key {img_col!r} or {cap_col!r}")
                 add(line_no, row[img_col], row[cap_col])
         elif suffix in (".csv", ".tsv"):
+            csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # the default 128k chars fails long captions
             reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
             try:
                 header = next(reader)
@@ -114,8 +122,10 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
                 raise ManifestError(f"{path}:{reader.line_num}: {e}") from None
         else:
             raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
+    if empty:
+        log.warning("%s: %d rows with an empty caption skipped (first at line %d)", path, len(empty), empty[0])
     if not pairs:
-        raise ManifestError(f"{path}: no rows")
+        raise ManifestError(f"{path}: no rows" + (f" with a caption ({len(empty)} empty)" if empty else ""))
     return pairs
 
 
@@ -128,12 +138,13 @@ def read_caption_folder(root: str | Path) -> list[Pair]:
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
             txt = p.with_suffix(".txt")
-            if txt.is_file():
-                pairs.append((str(p), txt.read_text(encoding="utf-8").strip()))
+            caption = txt.read_text(encoding="utf-8-sig").strip() if txt.is_file() else ""
+            if caption:
+                pairs.append((str(p), caption))
             else:
                 missing += 1
     if missing:
-        log.warning("%s: %d images have no .txt caption beside them and are skipped", root, missing)
+        log.warning("%s: %d images have no (or an empty) .txt caption beside them and are skipped", root, missing)
     if not pairs:
         raise FileNotFoundError(f"{root}: no images with same-named .txt captions found")
     return pairs
@@ -162,7 +173,7 @@ def load_image(path: str) -> Image.Image:
     """Open and fully decode (so truncated files fail here, not later)."""
     with Image.open(path) as img:
         img.load()
-        return img.copy() if img.mode in ("RGB", "L") else img.convert("RGB")
+        return img.copy() if img.mode in ("RGB", "L") else to_rgb(img)
 
 
 class PairDataset(Dataset):

@@ -80,6 +80,11 @@ def read_class_folder(root: str | Path) -> tuple[list[str], list[int], list[str]
                 labels.append(label)
     if not paths:
         raise FileNotFoundError(f"{root}: no images in the class folders {classes[:5]}...")
+    empty = sorted(set(classes) - {classes[i] for i in set(labels)})
+    if empty:  # still a class to choose among, with no image to score
+        log.warning(
+            "%s: %d class folders have no images (e.g. %s); they stay among the choices", root, len(empty), empty[0]
+        )
     return paths, labels, classes
 
 
@@ -336,6 +341,14 @@ def classification_set(
     if dataset == "imagenet":
         paths, labels, wnids = read_imagenet(data_path, split or "val")
         classnames = read_classnames(classnames_file) if classnames_file else imagenet_classnames(wnids)
+        if len(set(labels)) < 1000:
+            log.warning(
+                "%s: images of %d of the 1000 ImageNet-1k classes; zero-shot chooses among the %d classes found, "
+                "so accuracy is not comparable with ImageNet-1k figures",
+                data_path,
+                len(set(labels)),
+                len(classnames),
+            )
         images, templates = paths, bundled("imagenet_templates")
     elif dataset in ("cifar10", "cifar100"):
         images, labels, meta_names = read_cifar(data_path, dataset, split or "test")
