@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import FORMAT, VERSION, read_checkpoint
+from .checkpoint import FORMAT, VERSION, check_payload, verify_digest
 from .config import SIZES, ModelConfig, TowerConfig
 from .model import SigLIP, resize_pos_embed
 
@@ -601,9 +601,10 @@ def load_payload(path: str | Path, tokenizer: str | Path | None = None) -> dict:
         )
     if _is_npz(path):
         return read_big_vision(path, tokenizer)
+    verify_digest(path)  # our files carry a .sha256: a flipped bit in the weights fails here, naming the file
     state = read_tensors(path)
     if state.get("format") == FORMAT:
-        return read_checkpoint(path)
+        return check_payload(state, path)  # read once
     if any(k.startswith("visual.trunk.") for k in state):
         return read_open_clip(path, state, tokenizer)
     hf_keys = ("vision_model.", "text_model.", "embeddings.patch_embedding.", "embeddings.token_embedding.")
