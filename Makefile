@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-slow lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the slow fault-injection cases (kill -9 under torchrun: DDP/FSDP2, with and without accumulation)
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

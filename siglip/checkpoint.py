@@ -221,6 +221,7 @@ def save_train_state(
     *,
     model_state: dict | None = None,
     optimizer_state: dict | None = None,
+    world_size: int = 1,
 ) -> None:
     """A model file plus what `--resume` needs to continue exactly where this step left off.
     `model_state` / `optimizer_state`: gathered full states of a distributed run
@@ -232,6 +233,7 @@ def save_train_state(
         step=step,
         config=config,
         torch_rng=torch.get_rng_state(),
+        world_size=world_size,
     )
     atomic_save(payload, path)
 

@@ -26,13 +26,7 @@ from pathlib import Path
 import torch
 
 from siglip.accumulate import forward_backward
-from siglip.checkpoint import (
-    load_train_state,
-    read_checkpoint,
-    save_model,
-    save_train_state,
-    tokenizer_from_payload,
-)
+from siglip.checkpoint import load_train_state, read_resumable, save_model, tokenizer_from_payload
 from siglip.config import model_config_from_dict, parse_train_args, run_name, to_dict
 from siglip.convert import load_into, load_pretrained
 from siglip.data import PairDataset, epoch_loader, find_pairs, steps_per_epoch
@@ -55,6 +49,8 @@ from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
 from siglip.optim import build_optimizer, build_scheduler, freeze_towers
 from siglip.tokenizer import Tokenizer
+from siglip.train.guard import DivergenceGuard
+from siglip.train.resume import world_size_note, write_checkpoint
 from siglip.transforms import image_transform
 from siglip.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
 
@@ -82,7 +78,7 @@ bf16 = tc.precision == "bf16"
 if tc.precision not in ("fp32", "bf16"):
     raise ValueError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
 autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-checkpoint_path = out_dir / "checkpoint.pt"
+checkpoint_path = out_dir / "checkpoint.pt"  # the newest; --resume falls back to older checkpoint-<step>.pt
 
 # --------------------------------------------------------------------------------------------------
 # Data and tokenizer: the model file carries its tokenizer, so a fine-tune or a resume reuses it
@@ -92,7 +88,9 @@ if streaming:
 else:
     pairs = find_pairs(cfg.data.path, cfg.data.image_column, cfg.data.caption_column, cfg.data.digits_root)
 if run.resume:
-    payload = read_checkpoint(checkpoint_path)
+    payload, checkpoint_path = read_resumable(out_dir)  # the newest that verifies (digest, structure, finite)
+    if note := world_size_note(payload.get("world_size"), rt.world_size, streaming):
+        log.warning(note)
 elif tc.pretrained_path:  # any format: ours, Hugging Face, open_clip, big_vision (siglip.convert)
     payload = load_pretrained(tc.pretrained_path, tc.pretrained_tokenizer or None, tc.finetune_image_size)
     if payload.get("partial") == "text":
@@ -181,6 +179,9 @@ compute_loss = loss_from_config(cfg.loss, group=rt.group)
 optimizer = build_optimizer(model, cfg.optim)
 scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
 step = load_train_state(payload, model, optimizer, scheduler, checkpoint_path) if run.resume else 0
+guard = DivergenceGuard(tc.nonfinite_patience)  # NaN/inf loss or gradient: skip the update; K in a row: stop
+if run.resume:
+    guard.last_good = f"{checkpoint_path} (step {step})"
 del payload
 log.info(
     "model %s: %.1fM parameters on %s (%s, %s), %d pairs per rank per step%s",
@@ -197,9 +198,12 @@ log.info(
 def save_checkpoint() -> None:
     """Whole (gathered) model and optimizer state, written by rank 0: resumes under any strategy."""
     model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
+    guard.check_state(step, model_state)  # never a non-finite checkpoint
     if rt.is_main:
-        save_train_state(
-            checkpoint_path,
+        write_checkpoint(  # checkpoint-<step>.pt, checkpoint.pt -> it, the last keep_checkpoints kept
+            out_dir,
+            step,
+            tc.keep_checkpoints,
             model,
             tokenizer,
             cfg.data.resample,
@@ -209,8 +213,10 @@ def save_checkpoint() -> None:
             to_dict(cfg),
             model_state=model_state,
             optimizer_state=optimizer_state,
+            world_size=rt.world_size,
         )
     barrier(rt)
+    guard.last_good = f"{out_dir / f'checkpoint-{step:08d}.pt'} (step {step})"
 
 
 def evaluate(at_step):
@@ -244,10 +250,12 @@ while step < end_step:
         optimizer.zero_grad(set_to_none=True)
         loss = forward_backward(forward, model, pixels, ids, compute_loss, tc.micro_batch_size, autocast)
         sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
-        if cfg.optim.grad_clip > 0:
+        update = guard.check(step + 1, loss, model, rt.group)  # False: non-finite, skipped and counted
+        if update and cfg.optim.grad_clip > 0:
             clip_grad_norm(model, cfg.optim.grad_clip, rt)
-        optimizer.step()
-        scheduler.step()
+        if update:
+            optimizer.step()
+        scheduler.step()  # the schedule follows the step count, skipped steps included
         step += 1
         seen += pixels.shape[0] * rt.world_size
         metrics.step()
@@ -262,6 +270,7 @@ while step < end_step:
                     "b": model.b.item(),
                     "images_per_s": seen / (now - t_last),
                     "skipped": int(sum_over_ranks(skipped, rt)),
+                    **({"nonfinite_skipped": guard.skipped} if guard.skipped else {}),
                 }
             )
             seen, t_last = 0, now

@@ -1,0 +1,1 @@
+"""Training helpers used by training/train.py."""
