@@ -56,6 +56,50 @@ def _pick_column(names: list[str], wanted: str, candidates: tuple[str, ...], wha
     )
 
 
+def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterator[tuple[int, object, object]]:
+    """(line, image, caption) of a JSONL manifest."""
+    img_col = cap_col = None
+    for line_no, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        if img_col is None:
+            img_col = _pick_column(list(row), image_column, IMAGE_COLUMNS, "image", path)
+            cap_col = _pick_column(list(row), caption_column, CAPTION_COLUMNS, "caption", path)
+        if img_col not in row or cap_col not in row:
+            raise ManifestError(f"{path}:{line_no}: missing key {img_col!r} or {cap_col!r}")
+        yield line_no, row[img_col], row[cap_col]
+
+
+def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: str) -> Iterator[tuple[int, str, str]]:
+    """(line, image, caption) of a CSV/TSV manifest with a header row."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # the default 128k chars fails long captions
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ManifestError(f"{path}: empty manifest (a header row is needed)") from None
+    img_i = header.index(_pick_column(header, image_column, IMAGE_COLUMNS, "image", path))
+    cap_i = header.index(_pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path))
+    try:
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise ManifestError(
+                    f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)} "
+                    "(a caption with the delimiter in it must be quoted)"
+                )
+            yield reader.line_num, row[img_i], row[cap_i]
+    except csv.Error as e:
+        raise ManifestError(f"{path}:{reader.line_num}: {e}") from None
+
+
 def read_manifest(path: str | Path, image_column: str = "", caption_column: str = "") -> list[Pair]:
     """Rows of a CSV/TSV (with a header row) or JSONL manifest as (absolute image path, caption).
     UTF-8 with or without a byte-order mark, LF or CRLF, quoted fields may hold newlines; rows with
@@ -63,65 +107,27 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_EXTENSIONS:
+        raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
     root = path.resolve().parent
     pairs: list[Pair] = []
     empty: list[int] = []
-
-    def add(line_no: int, image: object, caption: object) -> None:
-        if not isinstance(image, str) or not image.strip():
-            raise ManifestError(f"{path}:{line_no}: empty or missing image path")
-        if not isinstance(caption, str):
-            raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
-        if not caption.strip():
-            empty.append(line_no)
-            return
-        image_path = Path(image.strip())
-        pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
-
-    suffix = path.suffix.lower()
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
         if suffix == ".jsonl":
-            img_col = cap_col = None
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ManifestError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ManifestError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-                if img_col is None:
-                    img_col = _pick_column(list(row), image_column, IMAGE_COLUMNS, "image", path)
-                    cap_col = _pick_column(list(row), caption_column, CAPTION_COLUMNS, "caption", path)
-                if img_col not in row or cap_col not in row:
-                    raise ManifestError(f"{path}:{line_no}: missing key {img_col!r} or {cap_col!r}")
-                add(line_no, row[img_col], row[cap_col])
-        elif suffix in (".csv", ".tsv"):
-            csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # the default 128k chars fails long captions
-            reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise ManifestError(f"{path}: empty manifest (a header row is needed)") from None
-            header = [h.strip() for h in header]
-            img_i = header.index(_pick_column(header, image_column, IMAGE_COLUMNS, "image", path))
-            cap_i = header.index(_pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path))
-            try:
-                for row in reader:
-                    line_no = reader.line_num
-                    if not row or all(not c.strip() for c in row):
-                        continue
-                    if len(row) != len(header):
-                        raise ManifestError(
-                            f"{path}:{line_no}: {len(row)} fields, the header has {len(header)} "
-                            "(a caption with the delimiter in it must be quoted)"
-                        )
-                    add(line_no, row[img_i], row[cap_i])
-            except csv.Error as e:
-                raise ManifestError(f"{path}:{reader.line_num}: {e}") from None
+            rows = _jsonl_rows(f, path, image_column, caption_column)
         else:
-            raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
+            rows = _csv_rows(f, path, "\t" if suffix == ".tsv" else ",", image_column, caption_column)
+        for line_no, image, caption in rows:
+            if not isinstance(image, str) or not image.strip():
+                raise ManifestError(f"{path}:{line_no}: empty or missing image path")
+            if not isinstance(caption, str):
+                raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
+            if not caption.strip():
+                empty.append(line_no)
+                continue
+            image_path = Path(image.strip())
+            pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
     if empty:
         log.warning("%s: %d rows with an empty caption skipped (first at line %d)", path, len(empty), empty[0])
     if not pairs:
