@@ -159,7 +159,7 @@ SLOW_CASES = {
     "ddp-write": (DDP, {"KILL_AT_SAVE": "2"}),  # half-way through writing step 4's checkpoint
     "ddp-rank1-step": (DDP, {"KILL_AT_STEP": "3", "KILL_RANK": "1"}),
     "ddp-accum-step": (DDP + ACCUM, {"KILL_AT_STEP": "4"}),
-    "ddp-accum-write": (DDP + ACCUM, {"KILL_AT_SAVE": "1"}),
+    "ddp-accum-write": (DDP + ACCUM, {"KILL_AT_SAVE": "3"}),  # the third checkpoint (step 6, the last)
     "fsdp-step": (FSDP, {"KILL_AT_STEP": "5"}),
     "fsdp-write": (FSDP, {"KILL_AT_SAVE": "2"}),
     "fsdp-accum-step": (FSDP + ACCUM, {"KILL_AT_STEP": "3"}),
