@@ -92,13 +92,17 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+def torchrun_command(data: Path, out: Path, *extra: str, nproc: int = 2) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += [str(data / "killer.py"), "training/train.py", "--config", str(data / "tiny_config.py")]
+    return cmd + ["--data-path", str(data / "pairs.csv"), "--output-dir", str(out), *extra]
+
+
 def torchrun(
     data: Path, out: Path, *extra: str, nproc: int = 2, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += [str(data / "killer.py"), "training/train.py", "--config", str(data / "tiny_config.py")]
-    cmd += ["--data-path", str(data / "pairs.csv"), "--output-dir", str(out), *extra]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = torchrun_command(data, out, *extra, nproc=nproc)
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -190,3 +194,48 @@ def test_resume_on_another_world_size_says_what_changes(data, tmp_path, tmp_path
     for k, v in ref_w.items():
         if not k.endswith("attn.k.bias"):  # exactly-zero gradients: Adam turns float noise into lr-sized steps
             torch.testing.assert_close(w[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), children first."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return [d for c in children for d in descendants(c)] + children
+
+
+@pytest.mark.slow
+def test_ddp_killed_at_a_random_moment(data, tmp_path, tmp_path_factory):
+    """The whole job (torchrun and both ranks) SIGKILLed at a random moment, as by a power cut; then
+    resumed (or restarted, if no checkpoint existed yet). KILL_SEED=N replays a failing draw."""
+    import random
+    import signal
+    import time
+
+    ref = reference(data, tmp_path_factory, DDP)
+    seed = int(os.environ.get("KILL_SEED", random.randrange(1_000_000)))
+    delay = random.Random(seed).uniform(4.0, 14.0)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        torchrun_command(data, out, *DDP), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + delay
+    while job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in [*descendants(job.pid), job.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait()
+    resume = ("--resume",) if list(out.glob("checkpoint*.pt")) else ()
+    ok(torchrun(data, out, *DDP, *resume))
+    assert loss_curve(out) == loss_curve(ref), f"KILL_SEED={seed} (killed after {delay:.1f} s)"
+    for k, v in weights(ref).items():
+        assert torch.equal(weights(out)[k], v), f"{k}, KILL_SEED={seed}"
