@@ -179,7 +179,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfi
 
 
 def test_hostile_tar_members_are_never_extracted_and_bad_samples_are_counted(tmp_path, caplog):
-    from siglip.webdataset import TarStream
+    from siglip.data.webdataset import TarStream
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (9, 9, 9)).save(buf, format="PNG")
@@ -258,7 +258,7 @@ def test_hf_folder_with_an_evil_bin_is_refused(tmp_path):
 
 
 def test_eval_class_folder_with_an_empty_class_warns_and_keeps_it(tmp_path, caplog):
-    from siglip.eval_data import classification_set
+    from siglip.eval.datasets import classification_set
 
     write_image(tmp_path / "cat" / "1.png")
     (tmp_path / "dog").mkdir()
@@ -269,7 +269,7 @@ def test_eval_class_folder_with_an_empty_class_warns_and_keeps_it(tmp_path, capl
 
 
 def test_eval_imagenet_with_classes_missing_says_it_is_not_comparable(tmp_path, caplog):
-    from siglip.eval_data import classification_set
+    from siglip.eval.datasets import classification_set
 
     write_image(tmp_path / "val" / "n01440764" / "a.JPEG")
     write_image(tmp_path / "val" / "n01443537" / "b.JPEG")
@@ -280,7 +280,7 @@ def test_eval_imagenet_with_classes_missing_says_it_is_not_comparable(tmp_path, 
 
 
 def test_eval_caption_file_missing_names_what_was_looked_for(tmp_path):
-    from siglip.eval_data import retrieval_set
+    from siglip.eval.datasets import retrieval_set
 
     write_image(tmp_path / "flickr30k-images" / "1.jpg")
     with pytest.raises(FileNotFoundError, match=r"flickr30k: no caption file; looked for .*dataset_flickr30k\.json"):

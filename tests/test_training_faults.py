@@ -170,9 +170,10 @@ def test_guard_unit(tiny_config):
     assert not all_finite(torch.tensor(float("inf")), model)
     model.image.patch_embed.weight.grad.view(-1)[5] = float("nan")
     assert not all_finite(torch.tensor(1.0), model)
-    guard = DivergenceGuard(patience=2, last_good="ck.pt (step 7)")
-    assert not guard.check(8, torch.tensor(float("nan")), model)
+    guard = DivergenceGuard(patience=2, step=7, last_good="ck.pt (step 7)")
+    assert not guard.check(torch.tensor(float("nan")), model)
+    assert guard.record() == {"nonfinite_skipped": 1}
     with pytest.raises(DivergenceError, match=r"step 9: 2 steps in a row.*Last good checkpoint: ck\.pt \(step 7\)"):
-        guard.check(9, torch.tensor(1.0), model)
+        guard.check(torch.tensor(1.0), model)
     with pytest.raises(ValueError, match="nonfinite_patience must be >= 1"):
         DivergenceGuard(patience=0)

@@ -2,8 +2,8 @@
 counted and logged; K such steps in a row stop training with an error that names the last good
 checkpoint. Checkpoints are checked too, so a non-finite one is never written.
 
-    guard = DivergenceGuard(patience=tc.nonfinite_patience, last_good="(none yet)")
-    if guard.check(step + 1, loss, model, rt):   # every rank, same answer
+    guard = DivergenceGuard(patience=tc.nonfinite_patience, step=start_step)
+    if guard.check(loss, model, rt.group):   # once per step taken; every rank gets the same answer
         optimizer.step()
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..checkpoint import nonfinite_keys
+from siglip.checkpoint import nonfinite_keys
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,12 @@ def all_finite(loss: Tensor, model: nn.Module, group: dist.ProcessGroup | None =
 
 @dataclass
 class DivergenceGuard:
-    """Counts skipped (non-finite) steps. `patience`: stop at this many in a row (>= 1).
-    `last_good`: the newest checkpoint known good (the loop updates it after each save)."""
+    """Counts skipped (non-finite) steps. `patience`: stop at this many in a row (>= 1). `step`: the
+    steps taken so far (`check` counts one per call). `last_good`: the newest checkpoint known good
+    (the loop updates it after each save)."""
 
     patience: int = 10
+    step: int = 0
     last_good: str = "(none: no checkpoint written or resumed yet)"
     skipped: int = 0
     consecutive: int = 0
@@ -56,9 +58,11 @@ class DivergenceGuard:
         if self.patience < 1:
             raise ValueError(f"train.nonfinite_patience must be >= 1, got {self.patience}")
 
-    def check(self, step: int, loss: Tensor, model: nn.Module, group: dist.ProcessGroup | None = None) -> bool:
+    def check(self, loss: Tensor, model: nn.Module, group: dist.ProcessGroup | None = None) -> bool:
         """True: apply this step's update. False: skip it (logged, counted). Raises DivergenceError
-        at `patience` non-finite steps in a row."""
+        at `patience` non-finite steps in a row. Call once per step, after the backward."""
+        self.step += 1
+        step = self.step
         if all_finite(loss, model, group):
             self.consecutive = 0
             return True
@@ -79,6 +83,10 @@ class DivergenceGuard:
                 "learning rate, train.precision=fp32 or optim.grad_clip), or raise train.nonfinite_patience."
             )
         return False
+
+    def record(self) -> dict[str, int]:
+        """For the metrics record: the running count, once a step was skipped."""
+        return {"nonfinite_skipped": self.skipped} if self.skipped else {}
 
     def check_state(self, step: int, state: dict[str, Tensor]) -> None:
         """Refuse to checkpoint non-finite weights (every rank calls this with the same full state)."""

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import publish_checkpoint, save_train_state, step_checkpoint_path, step_checkpoints
+from siglip.checkpoint import publish_checkpoint, save_train_state, step_checkpoint_path, step_checkpoints
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Training pairs from disk: manifests (CSV/TSV/JSONL), caption folders, and the batches built from them.
+"""Training pairs from disk: manifests (CSV/TSV/JSONL) and caption folders, resolved from `--data-path`.
 
 `--data-path` decides by what is on disk:
 - a file ending .csv / .tsv / .jsonl: a manifest, one image path and one caption per row (columns
   found among common names or named in the config); relative paths resolve against its folder;
 - a folder: every image in it (recursively) with a same-named `.txt` caption beside it;
-- `digits`: the bundled demo data (see `siglip.digits`);
-- tar shards (`'/data/{00000..00099}.tar'`): streamed by `siglip.webdataset`, not listed here.
+- `digits`: the bundled demo data (see `siglip.data.digits`);
+- tar shards (`'/data/{00000..00099}.tar'`): streamed by `siglip.data.webdataset`, not listed here.
 
 A corrupt or missing image is skipped and counted (batches carry the count); a malformed manifest
 row is an error naming the file and line.
@@ -16,16 +16,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from PIL import Image
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .tokenizer import Tokenizer
-from .transforms import to_rgb
+from siglip.transforms import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +53,7 @@ def _pick_column(names: list[str], wanted: str, candidates: tuple[str, ...], wha
 
 
 def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterator[tuple[int, object, object]]:
-    """(line, image, caption) of a JSONL manifest."""
+    """(line number, image, caption) per non-empty line of a JSONL manifest."""
     img_col = cap_col = None
     for line_no, line in enumerate(f, 1):
         if not line.strip():
@@ -77,7 +73,7 @@ def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterat
 
 
 def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: str) -> Iterator[tuple[int, str, str]]:
-    """(line, image, caption) of a CSV/TSV manifest with a header row."""
+    """(line number, image, caption) per non-empty row of a CSV/TSV manifest with a header row."""
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # the default 128k chars fails long captions
     reader = csv.reader(f, delimiter=delimiter)
     try:
@@ -107,10 +103,10 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
+    root = path.resolve().parent
     suffix = path.suffix.lower()
     if suffix not in MANIFEST_EXTENSIONS:
         raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
-    root = path.resolve().parent
     pairs: list[Pair] = []
     empty: list[int] = []
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
@@ -161,7 +157,7 @@ def find_pairs(data_path: str, image_column: str = "", caption_column: str = "",
     if not data_path:
         raise ValueError("no training data: pass --data-path (a manifest, a caption folder, or 'digits')")
     if data_path == "digits":
-        from .digits import ensure_digits
+        from siglip.data.digits import ensure_digits
 
         return read_manifest(ensure_digits(digits_root or "data/digits") / "train.csv")
     p = Path(data_path)
@@ -180,104 +176,3 @@ def load_image(path: str) -> Image.Image:
     with Image.open(path) as img:
         img.load()
         return img.copy() if img.mode in ("RGB", "L") else to_rgb(img)
-
-
-class PairDataset(Dataset):
-    """(pixels, caption) per pair, or None when the image cannot be read (counted by the collate).
-
-    Augmentation randomness is seeded per (seed, epoch, index), so batches are the same whatever
-    the worker count and after a resume."""
-
-    def __init__(self, pairs: list[Pair], transform: Callable[[Image.Image], Tensor], seed: int = 0):
-        self.pairs = pairs
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, str] | None:
-        path, caption = self.pairs[i]
-        try:
-            img = load_image(path)
-        except Exception as e:  # noqa: BLE001 - any decode failure means "skip this sample"
-            log.warning("skipping unreadable image %s: %s", path, e)
-            return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-            pixels = self.transform(img)
-        return pixels, caption
-
-
-class Collate:
-    """List of (pixels, caption) or None -> {"pixels": (n, 3, S, S), "ids": (n, L), "skipped": int}."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, items: list) -> dict:
-        good = [x for x in items if x is not None]
-        if not good:
-            return {"pixels": None, "ids": None, "skipped": len(items)}
-        return {
-            "pixels": torch.stack([x[0] for x in good]),
-            "ids": self.tokenizer([x[1] for x in good]),
-            "skipped": len(items) - len(good),
-        }
-
-
-class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of a seeded permutation for one epoch, starting at batch `start` (for resuming).
-    The last incomplete batch is dropped, unless the dataset is smaller than one batch.
-    With `world_size` > 1 each rank takes its contiguous slice of every global batch, so the ranks
-    together see exactly the batches of a single-process run."""
-
-    def __init__(
-        self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1
-    ):
-        self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
-        self.rank, self.world_size = rank, world_size
-        if min(batch_size, n) % world_size:
-            raise ValueError(f"batch of {min(batch_size, n)} pairs does not split over {world_size} processes")
-
-    def __len__(self) -> int:
-        return steps_per_epoch(self.n, self.batch_size) - self.start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        bs = min(self.batch_size, self.n)
-        local = bs // self.world_size
-        for k in range(self.start, steps_per_epoch(self.n, self.batch_size)):
-            yield order[k * bs : (k + 1) * bs][self.rank * local : (self.rank + 1) * local]
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, n // batch_size) if n else 0
-
-
-def epoch_loader(
-    dataset: PairDataset,
-    tokenizer: Tokenizer,
-    batch_size: int,
-    epoch: int,
-    start: int,
-    num_workers: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DataLoader:
-    """The loader for one epoch from batch `start`; decoding and resizing run in `num_workers` processes.
-    `batch_size` is the global batch; this rank gets its 1/world_size slice of each."""
-    dataset.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_sampler=EpochBatchSampler(len(dataset), batch_size, dataset.seed, epoch, start, rank, world_size),
-        collate_fn=Collate(tokenizer),
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if num_workers else None,
-    )

@@ -32,8 +32,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .data import CAPTION_COLUMNS
-from .transforms import to_rgb
+from siglip.data.manifests import CAPTION_COLUMNS
+from siglip.transforms import to_rgb
 
 log = logging.getLogger(__name__)
 
