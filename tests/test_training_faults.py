@@ -177,3 +177,37 @@ def test_guard_unit(tiny_config):
         guard.check(torch.tensor(1.0), model)
     with pytest.raises(ValueError, match="nonfinite_patience must be >= 1"):
         DivergenceGuard(patience=0)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_embed_on_a_full_disk_fails_clearly_and_keeps_the_previous_index(
+    tmp_path, tokenizer, monkeypatch, capsys, code
+):
+    import numpy as np
+
+    from siglip.cli import main
+    from siglip.index import read_meta
+    from tests.test_cli import save_tiny
+
+    from .conftest import write_image
+
+    model = save_tiny(tmp_path / "m.pt", tokenizer)
+    for i in range(4):
+        write_image(tmp_path / "photos" / f"{i}.png", (40 * i, 30, 30))
+    args = ["embed", str(tmp_path / "photos"), "--model", str(model), "--out", str(tmp_path / "idx"), "--workers", "0"]
+    assert main(args) == 0
+    before = read_meta(tmp_path / "idx")
+    rows = np.load(tmp_path / "idx" / before["embeddings"])
+    write_image(tmp_path / "photos" / "new.png", (1, 2, 3))
+
+    def refuse(f, *a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(np, "save", refuse)
+    assert main(args) == 1
+    message = capsys.readouterr().err
+    assert f"siglip embed: error: cannot write the index {tmp_path / 'idx'}: {os.strerror(code)}" in message
+    monkeypatch.undo()
+    after = read_meta(tmp_path / "idx")
+    assert after == before and np.array_equal(np.load(tmp_path / "idx" / after["embeddings"]), rows)
+    assert not list((tmp_path / "idx").rglob(".*.tmp"))
