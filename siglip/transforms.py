@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -29,8 +30,18 @@ RESAMPLE = {
 }
 
 
-def _rgb(img: Image.Image) -> Image.Image:
-    return img if img.mode == "RGB" else img.convert("RGB")
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image, as Hugging Face and open_clip make it (`convert("RGB")`): alpha dropped
+    without compositing (transparent pixels keep their colour), palettes and CMYK mapped by PIL, and
+    EXIF orientation NOT applied (big_vision and open_clip train on the stored pixels; see
+    docs/reliability.md). One difference: 16-bit greyscale (modes I;16*, I) is scaled by 1/257, where
+    PIL's convert clips at 255 and turns nearly every pixel white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.float32).clip(0, 65535) / 257.0
+        return Image.fromarray(a.round().astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
 
 
 def image_transform(
@@ -46,7 +57,7 @@ def image_transform(
     if resample not in RESAMPLE:
         raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
     mode = RESAMPLE[resample]
-    steps: list = [_rgb]
+    steps: list = [to_rgb]
     if random_resized_crop:
         steps.append(T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=mode, antialias=True))
     else:
@@ -97,7 +108,7 @@ def naflex_transform(
         raise ValueError(f"max_num_patches must be >= 1, got {max_num_patches}")
 
     def transform(img: Image.Image) -> NaFlexPatches:
-        x = TF.pil_to_tensor(_rgb(img))  # (3, H, W) uint8
+        x = TF.pil_to_tensor(to_rgb(img))  # (3, H, W) uint8
         h, w = naflex_size(x.shape[1], x.shape[2], patch_size, max_num_patches)
         x = TF.resize(x, [h, w], interpolation=RESAMPLE[resample], antialias=True)
         x = (x.float() - 127.5) / 127.5  # = (x / 255 - 0.5) / 0.5
