@@ -51,8 +51,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     for key in ("image_lr_mult", "text_lr_mult"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"optim.{key} must be >= 0 (0 freezes the tower), got {getattr(cfg, key)}")
+    kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+    if cfg.implementation not in kernels:
+        raise ValueError(f"optim.implementation must be one of {list(kernels)}, got {cfg.implementation!r}")
     freeze_towers(model, cfg)
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    groups = param_groups(model, cfg)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kernels[cfg.implementation])
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
