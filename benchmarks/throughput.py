@@ -35,7 +35,7 @@ from siglip import flops  # noqa: E402
 from siglip.config import OptimConfig  # noqa: E402
 from siglip.convert import apply_rules, hf_rules, open_clip_config, open_clip_rules  # noqa: E402
 from siglip.loss import sigmoid_loss  # noqa: E402
-from siglip.model import SigLIP  # noqa: E402
+from siglip.model import SigLIP, set_fused_qkv  # noqa: E402
 from siglip.optim import build_optimizer  # noqa: E402
 
 OPEN_CLIP_NAMES = {"B/16": "ViT-B-16-SigLIP", "L/16": "ViT-L-16-SigLIP-256", "So400m/14": "ViT-SO400M-14-SigLIP"}
@@ -233,6 +233,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (all three alike)")
+    p.add_argument("--fused-qkv", action="store_true", help="ours with one q/k/v product (siglip.model.set_fused_qkv)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=1, help="calls per timing")
     p.add_argument("--tasks", nargs="+", default=["train", "image", "text"], choices=list(UNITS))
@@ -253,6 +254,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     oc = build_open_clip(args.size, args.depth)
     ours = ours_from_open_clip(oc.state_dict())
+    set_fused_qkv(ours, args.fused_qkv)
     models = {"ours": ours, "transformers": transformers_from_ours(ours), "open_clip": oc}
     cfg = ours.config
     for m in models.values():
@@ -276,7 +278,14 @@ def main(argv=None) -> None:
     setup = dict(
         size=args.size, depth=args.depth or cfg.image.depth, batch_size=args.batch_size, device=str(args.device)
     )
-    setup.update(compile=args.compile, repeats=args.repeats, steps=args.steps, threads=threads, max_diff=diff)
+    setup.update(
+        compile=args.compile,
+        fused_qkv=args.fused_qkv,
+        repeats=args.repeats,
+        steps=args.steps,
+        threads=threads,
+        max_diff=diff,
+    )
     if args.json:
         print(json.dumps({"setup": setup, "rows": rows}, indent=1))
         return
