@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,peers]'
+	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -7,7 +7,7 @@ architecture and the same weights, in one run.
     python benchmarks/throughput.py --device cuda --batch-size 128 --compile --json
 
 open_clip builds ViT-B-16-SigLIP (or L/16-256, So400m/14) with random weights; ours and transformers
-are loaded from those weights (ours through siglip.convert's open_clip key rules), and the three
+are loaded from those weights (ours through siglip.interop's open_clip key rules), and the three
 models' embeddings are checked to agree before anything is timed. Rows: training pairs/s (forward,
 backward, AdamW step; each library's own loss and a default AdamW for the peers, ours as training
 builds it), image-embedding img/s and text-embedding texts/s (inference mode), in fp32 and under
@@ -19,6 +19,7 @@ analytic FLOPs over the matmul peak measured once and cached, or --peak-tflops).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -33,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from siglip import flops  # noqa: E402
 from siglip.config import OptimConfig  # noqa: E402
-from siglip.convert import apply_rules, hf_rules, open_clip_config, open_clip_rules  # noqa: E402
+from siglip.interop.hf import hf_config_json, hf_state  # noqa: E402
+from siglip.interop.open_clip import open_clip_config, open_clip_rules  # noqa: E402
+from siglip.interop.rules import apply_rules  # noqa: E402
 from siglip.loss import sigmoid_loss  # noqa: E402
 from siglip.model import SigLIP, set_fused_qkv  # noqa: E402
 from siglip.optim import build_optimizer  # noqa: E402
@@ -68,29 +71,12 @@ def ours_from_open_clip(state: dict) -> SigLIP:
 
 
 def transformers_from_ours(ours: SigLIP):
-    """transformers' SiglipModel with our weights (the Hugging Face key rules, inverted)."""
+    """transformers' SiglipModel with our weights, through our Hugging Face export (siglip.interop.hf)."""
     from transformers import SiglipConfig, SiglipModel
 
-    cfg = ours.config
-    tower = lambda c: dict(
-        hidden_size=c.width,
-        num_hidden_layers=c.depth,
-        intermediate_size=c.mlp_dim,
-        num_attention_heads=c.heads,
-        hidden_act="gelu" if cfg.gelu == "exact" else "gelu_pytorch_tanh",
-        layer_norm_eps=1e-6,
-    )
-    hf_cfg = SiglipConfig(
-        text_config=dict(**tower(cfg.text), max_position_embeddings=cfg.text_length, vocab_size=cfg.vocab_size),
-        vision_config=dict(**tower(cfg.image), image_size=cfg.image_size, patch_size=cfg.patch_size),
-    )
-    hf = SiglipModel(hf_cfg)
-    sd = ours.state_dict()
-    theirs = {}
-    for rule in hf_rules(cfg):
-        x = [sd[o] for o in rule.ours]
-        theirs[rule.theirs] = torch.cat(x) if rule.kind == "split" else x[0].reshape(hf.state_dict()[rule.theirs].shape)
-    missing, unexpected = hf.load_state_dict(theirs, strict=False)
+    cfg, state = hf_state({"model_config": dataclasses.asdict(ours.config), "state_dict": ours.state_dict()})
+    hf = SiglipModel(SiglipConfig(**hf_config_json(cfg)))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
     return hf
 

@@ -1,20 +1,20 @@
 """The evaluators a config lists (`Config.evals`), run during and after training.
 
-Each `EvalConfig` names a task and a dataset; this module reads the dataset (siglip.eval_data) and
-runs the same function as the evaluation scripts (siglip.zero_shot / siglip.retrieval), so the
+Each `EvalConfig` names a task and a dataset; this module reads the dataset (siglip.eval.datasets) and
+runs the same function as the evaluation scripts (siglip.eval.zero_shot / siglip.eval.retrieval), so the
 numbers logged in training are the numbers the scripts print. Results are flat dicts like
 {"digits/acc1": 0.93, "digits/image_retrieval_recall@1": 0.12}.
 """
 
 from __future__ import annotations
 
-from .config import EvalConfig
-from .eval_data import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_set, retrieval_set
-from .model import SigLIP
-from .retrieval import evaluate_retrieval
-from .tokenizer import Tokenizer
-from .transforms import image_transform
-from .zero_shot import evaluate_zero_shot
+from siglip.config import EvalConfig
+from siglip.eval.datasets import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_set, retrieval_set
+from siglip.eval.retrieval import evaluate_retrieval
+from siglip.eval.zero_shot import evaluate_zero_shot
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
+from siglip.transforms import image_transform
 
 
 def check_evals(evals: list[EvalConfig]) -> None:
