@@ -60,3 +60,8 @@ def compile_or_eager(module: nn.Module, enabled: bool, device: torch.device) -> 
         log.warning("train.compile: %s; running eagerly", why)
         return module
     return CompiledOrEager(module)
+
+
+def eager_module(forward: nn.Module) -> nn.Module:
+    """The module a CompiledOrEager wraps (e.g. the DDP wrapper whose no_sync is needed), else `forward`."""
+    return forward.module if isinstance(forward, CompiledOrEager) else forward

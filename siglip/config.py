@@ -136,9 +136,7 @@ class OptimConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    # AdamW kernel: "fused" (one pass over each tensor; 3.4x faster than "for-loop" on B/16 on a CPU),
-    # "foreach" (batched per op) or "for-loop" (PyTorch's reference, one tensor at a time)
-    implementation: str = "fused"
+    implementation: str = "fused"  # AdamW kernel: fused (one pass per tensor), foreach or for-loop
     # Fine-tuning: lr multiplier per tower; 0 freezes it (image_lr_mult=0 is the paper's SigLiT).
     # t' and b always train at the base lr.
     image_lr_mult: float = 1.0
@@ -184,6 +182,8 @@ class TrainConfig:
     strategy: str = "ddp"  # "ddp" (replicate) or "fsdp" (FSDP2: shard each transformer block)
     micro_batch_size: int = 0  # per-rank micro-batch for exact accumulation (GradCache); 0 = off
     activation_checkpointing: bool = False  # recompute each transformer block in the backward
+    compile: bool = False  # torch.compile the model (siglip.compile; eager when it cannot work)
+    peak_tflops: float = 0.0  # the matmul peak for MFU in the log; 0 = measured once and cached (siglip.flops)
 
 
 @dataclass

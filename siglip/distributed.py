@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from siglip.compile import eager_module
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
@@ -171,6 +173,7 @@ def no_sync(forward: nn.Module) -> contextlib.AbstractContextManager:
     """Skip DDP's gradient all-reduce for micro-batches before the last (gradients accumulate
     locally and the last backward reduces their sum). FSDP2 reduce-scatters every micro-batch
     instead (a sum of reduce-scatters is the reduce-scatter of the sum) and keeps grads sharded."""
+    forward = eager_module(forward)  # a compiled DDP wrapper: its DDP
     if isinstance(forward, nn.parallel.DistributedDataParallel):
         return forward.no_sync()
     return contextlib.nullcontext()
@@ -185,7 +188,7 @@ def _replicated(model: nn.Module) -> Iterator[nn.Parameter]:
 def sync_replicated_grads(model: nn.Module, forward: nn.Module, rt: Runtime) -> None:
     """Average over ranks the gradients of parameters that FSDP2 does not manage (t', b).
     A no-op for DDP (it already did) and single process."""
-    if rt.group is None or isinstance(forward, nn.parallel.DistributedDataParallel):
+    if rt.group is None or isinstance(eager_module(forward), nn.parallel.DistributedDataParallel):
         return
     grads = [p.grad for p in _replicated(model)]
     if grads:
