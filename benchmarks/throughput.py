@@ -173,6 +173,8 @@ def run(args, models: dict, fns: dict, pixels, ids, progress) -> dict:
                     dt = time_call(fns[m][task], inputs[task], args.device, precision, task == "train", args.steps)
                     row[m].append(args.batch_size / dt)
                     progress.update(1)
+            medians = " ".join(f"{m}={statistics.median(v):.3f}" for m, v in row.items())
+            progress.write(f"{task} {precision} {UNITS[task]}: {medians}")  # partial results survive an interrupt
     return results
 
 
