@@ -136,9 +136,7 @@ class OptimConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    implementation: str = "fused"  # AdamW kernel: fused (one pass per tensor), foreach or for-loop
-    # Fine-tuning: lr multiplier per tower; 0 freezes it (image_lr_mult=0 is the paper's SigLiT).
-    # t' and b always train at the base lr.
+    # Fine-tuning: lr multiplier per tower; 0 freezes it (image 0 = the paper's SigLiT); t', b: base lr
     image_lr_mult: float = 1.0
     text_lr_mult: float = 1.0
 
@@ -174,6 +172,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 1000  # steps between resumable checkpoints; 0 = only at the end
     stop_at_step: int = 0  # end this run early at this step (time-sliced jobs; tests); 0 = never
+    keep_checkpoints: int = 2  # newest checkpoint-<step>.pt kept (--resume falls back past a broken one); 0 = all
+    nonfinite_patience: int = 10  # NaN/inf loss or gradient: the step is skipped; this many in a row stop the run
     output_dir: str = "./checkpoints"
     pretrained_path: str = ""  # any format siglip.load reads (ours, Hugging Face, open_clip, big_vision)
     pretrained_tokenizer: str = ""  # SentencePiece model, for checkpoints without one beside them
