@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # --------------------------------------------------------------------------------------------------
-# Model sizes: one table (width, depth, mlp_dim, heads). The image and text towers of the released
-# SigLIP models have the same size; `patch` in the variant name is the image patch size.
+# Model sizes: one table (width, depth, mlp_dim, heads), both towers alike; the variant name's `patch` is the patch size
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "mu": (64, 2, 256, 2),  # CPU tests
     "tiny": (128, 4, 512, 4),  # CPU demo
@@ -99,8 +98,7 @@ class DataConfig:
     horizontal_flip: bool = False
     color_jitter: float = 0.0  # strength for brightness/contrast/saturation; 0 = off
     digits_root: str = "data/digits"
-    # webdataset tar shards (`--data-path '/data/{00000..00099}.tar'`); the caption is KEY.txt or the
-    # `caption_column` field of KEY.json
+    # webdataset shards (`--data-path '/data/{00000..00099}.tar'`): caption in KEY.txt or KEY.json's caption_column
     shuffle_buffer: int = 1000  # samples held for shuffling, per worker; 0 = stream order
     resampled: bool = False  # draw shards with replacement forever (no epoch end); needs epoch_samples
     epoch_samples: int = 0  # samples per epoch of a stream; 0 = count them (non-resampled only)
@@ -118,8 +116,7 @@ class TokenizerConfig:
 @dataclass
 class LossConfig:
     name: str = "sigmoid"  # "sigmoid" (SigLIP) or "softmax" (CLIP's InfoNCE, the paper's baseline)
-    # negative sampling of the sigmoid loss (paper Fig. 6): all, random, hard or easy, keeping this
-    # fraction of each image's negatives; random draws from this seed (over global batch indices)
+    # negative sampling (paper Fig. 6): all/random/hard/easy keeping this fraction; random draws from negative_seed
     negatives: str = "all"
     negative_ratio: float = 1.0
     negative_seed: int = 0
@@ -139,8 +136,7 @@ class OptimConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    # Fine-tuning: lr multiplier per tower; 0 freezes it (image_lr_mult=0 is the paper's SigLiT).
-    # t' and b always train at the base lr.
+    # Fine-tuning: lr multiplier per tower; 0 freezes it (image 0 = the paper's SigLiT); t', b: base lr
     image_lr_mult: float = 1.0
     text_lr_mult: float = 1.0
 
@@ -186,6 +182,8 @@ class TrainConfig:
     strategy: str = "ddp"  # "ddp" (replicate) or "fsdp" (FSDP2: shard each transformer block)
     micro_batch_size: int = 0  # per-rank micro-batch for exact accumulation (GradCache); 0 = off
     activation_checkpointing: bool = False  # recompute each transformer block in the backward
+    compile: bool = False  # torch.compile the model (siglip.compile; eager when it cannot work)
+    peak_tflops: float = 0.0  # the matmul peak for MFU in the log; 0 = measured once and cached (siglip.flops)
 
 
 @dataclass

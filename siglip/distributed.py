@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from siglip.compile import eager_module
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
@@ -44,6 +46,9 @@ class Runtime:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     group: dist.ProcessGroup | None = None
+    # gloo group for small host-side numbers (batch counts, skipped samples): agreeing on them over
+    # nccl would make the CPU wait for the GPU at every step; `group` itself when that is gloo
+    cpu_group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
@@ -89,7 +94,8 @@ def init_runtime(device: str = "auto") -> Runtime:
         "nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30), rank=rank, world_size=world_size
     )
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return Runtime(rank, world_size, local_rank, dev, dist.group.WORLD)
+    cpu_group = dist.new_group(backend="gloo") if use_cuda else dist.group.WORLD
+    return Runtime(rank, world_size, local_rank, dev, dist.group.WORLD, cpu_group)
 
 
 def close_runtime(rt: Runtime) -> None:
@@ -110,8 +116,8 @@ def sum_over_ranks(x: float, rt: Runtime) -> float:
     """Sum of a number over ranks (e.g. skipped samples); every rank must call it."""
     if rt.group is None:
         return x
-    t = torch.tensor(float(x), dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t, group=rt.group)
+    t = torch.tensor(float(x), dtype=torch.float64)
+    dist.all_reduce(t, group=rt.cpu_group or rt.group)
     return t.item()
 
 
@@ -121,8 +127,8 @@ def common_batch_size(n: int, rt: Runtime) -> int:
     same steps: each rank trains on its first `common_batch_size` pairs (0 = all skip the step)."""
     if rt.group is None:
         return n
-    t = torch.tensor(n, dtype=torch.long, device=rt.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=rt.group)
+    t = torch.tensor(n, dtype=torch.long)  # on the host: no wait for the GPU (see Runtime.cpu_group)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=rt.cpu_group or rt.group)
     return int(t.item())
 
 
@@ -167,6 +173,7 @@ def no_sync(forward: nn.Module) -> contextlib.AbstractContextManager:
     """Skip DDP's gradient all-reduce for micro-batches before the last (gradients accumulate
     locally and the last backward reduces their sum). FSDP2 reduce-scatters every micro-batch
     instead (a sum of reduce-scatters is the reduce-scatter of the sum) and keeps grads sharded."""
+    forward = eager_module(forward)  # a compiled DDP wrapper: its DDP
     if isinstance(forward, nn.parallel.DistributedDataParallel):
         return forward.no_sync()
     return contextlib.nullcontext()
@@ -181,7 +188,7 @@ def _replicated(model: nn.Module) -> Iterator[nn.Parameter]:
 def sync_replicated_grads(model: nn.Module, forward: nn.Module, rt: Runtime) -> None:
     """Average over ranks the gradients of parameters that FSDP2 does not manage (t', b).
     A no-op for DDP (it already did) and single process."""
-    if rt.group is None or isinstance(forward, nn.parallel.DistributedDataParallel):
+    if rt.group is None or isinstance(eager_module(forward), nn.parallel.DistributedDataParallel):
         return
     grads = [p.grad for p in _replicated(model)]
     if grads:

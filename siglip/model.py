@@ -24,27 +24,50 @@ LN_EPS = 1e-6
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/out projections (all with bias)."""
+    """Multi-head attention with q/k/v/out projections (all with bias), stored separately as every
+    checkpoint format names them. With `fused` (a speed switch, not architecture) the projections
+    that read the same input run as one matrix product over their concatenated weights: q, k, v for
+    self-attention, k, v for the MAP head's cross-attention. Same maths, same parameters. Off by
+    default: on a 2-core CPU it measured 1.01x (fp32) and 0.92x (bf16) of the separate products for
+    B/16 blocks at batch 8 (the concatenation and its cast cost what the larger product saves)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, fused: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
+        self.fused = fused
         self.q = nn.Linear(width, width)
         self.k = nn.Linear(width, width)
         self.v = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
+    def _project(self, x: Tensor, layers: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
+        """The outputs of `layers` on x, (n, heads, l, d/heads) each."""
+        if self.fused and len(layers) > 1:
+            w = torch.cat([m.weight for m in layers])  # (k * d, d)
+            y = F.linear(x, w, torch.cat([m.bias for m in layers]))  # (n, l, k * d)
+            return y.unflatten(-1, (len(layers), self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        return tuple(m(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for m in layers)
+
     def forward(self, x: Tensor, kv: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x: (n, lq, d) queries; kv: (n, lk, d) keys/values (default x); mask: (n, lk) bool, False
         for keys no query may attend to (NaFlex padding), None = all. Returns (n, lq, d)."""
-        kv = x if kv is None else kv
         n, lq, d = x.shape
-        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (n, heads, l, d/heads)
+        if kv is None:
+            q, k, v = self._project(x, (self.q, self.k, self.v))
+        else:
+            (q,), (k, v) = self._project(x, (self.q,)), self._project(kv, (self.k, self.v))
         bias = None if mask is None else mask[:, None, None, :]  # (n, 1, 1, lk), broadcast over heads, queries
-        h = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)), attn_mask=bias)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (n, heads, lq, d/heads)
         return self.out(h.transpose(1, 2).reshape(n, lq, d))
+
+
+def set_fused_qkv(model: nn.Module, fused: bool) -> None:
+    """Switch every Attention of `model` to fused (one product) or separate q/k/v projections."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused = fused
 
 
 class MLP(nn.Module):

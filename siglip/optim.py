@@ -52,7 +52,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         if getattr(cfg, key) < 0:
             raise ValueError(f"optim.{key} must be >= 0 (0 freezes the tower), got {getattr(cfg, key)}")
     freeze_towers(model, cfg)
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # the fused kernel: one pass over each tensor; one B/16 step on a 2-core CPU took 11.6 s against
+    # 39.8 s for PyTorch's default (a loop over the tensors) and 40.8 s for foreach
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

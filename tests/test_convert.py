@@ -14,7 +14,7 @@ import siglip
 from siglip.config import ModelConfig, TowerConfig
 from siglip.interop import load_payload
 from siglip.interop.__main__ import main as convert_main
-from siglip.model import SigLIP
+from siglip.model import SigLIP, set_fused_qkv
 from siglip.tokenizer import Tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -326,3 +326,41 @@ def test_convert_cli_to_siglip(tmp_path):
     for k, v in a.state_dict().items():
         assert torch.equal(b.state_dict()[k], v), k
     assert torch.equal(a.tokenizer(TEXTS), b.tokenizer(TEXTS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused q/k/v projections: the same parameters, so every format loads into and exports from them
+
+
+def test_fused_qkv_models_load_and_export_every_format(tmp_path):
+    hf, hf_folder = make_hf(tmp_path)
+    oc, oc_path = make_open_clip(tmp_path)
+    peers = {
+        hf_folder: (
+            lambda p: F.normalize(pooled(hf.get_image_features(pixel_values=p)), dim=-1),
+            lambda i: F.normalize(pooled(hf.get_text_features(input_ids=i)), dim=-1),
+        ),
+        oc_path.parent: (lambda p: oc.encode_image(p, normalize=True), lambda i: oc.encode_text(i, normalize=True)),
+    }
+    for src, (image, text) in peers.items():
+        model = siglip.load(src)
+        set_fused_qkv(model, True)
+        s = model.config.image_size
+        pixels, ids = torch.rand(2, 3, s, s) * 2 - 1, model.tokenizer(TEXTS[:2])
+        with torch.no_grad():
+            torch.testing.assert_close(model.encode_image(pixels), image(pixels), atol=ATOL, rtol=0)
+            torch.testing.assert_close(model.encode_text(ids), text(ids), atol=ATOL, rtol=0)
+    # big_vision in, Hugging Face out, and back: bit-identical weights, identical fused outputs
+    np.savez(tmp_path / "bv.npz", **big_vision_arrays(model))
+    (tmp_path / "tok.model").write_bytes(spm_tokenizer(model.config.text_length).proto)
+    from_bv = siglip.load(tmp_path / "bv.npz")
+    siglip.save_model(tmp_path / "ours.pt", from_bv, from_bv.tokenizer, resample="bicubic")
+    convert_main([str(tmp_path / "ours.pt"), str(tmp_path / "export"), "--to", "hf"])
+    back = siglip.load(tmp_path / "export")
+    for m in (from_bv, back):
+        set_fused_qkv(m, True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    with torch.no_grad():
+        for z, w in zip(back(pixels, ids), from_bv(pixels, ids)):  # (big_vision means tanh GELU)
+            torch.testing.assert_close(z, w, atol=0, rtol=0)

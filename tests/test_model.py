@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from siglip.config import SIZES, ModelConfig
-from siglip.model import Attention, SigLIP
+from siglip.model import Attention, SigLIP, set_fused_qkv
 
 
 def test_shapes_normalisation_and_init(tiny_config):
@@ -95,3 +95,22 @@ def test_b16_parameter_count():
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model variant 'X/16'"):
         ModelConfig.from_variant("X/16")
+
+
+def test_fused_qkv_equals_separate_projections(tiny_config):
+    """One product over the concatenated q/k/v (k/v in the MAP head) == three products, forward and
+    gradients, with the same parameters (the state dict does not change)."""
+    torch.manual_seed(0)
+    separate = SigLIP(tiny_config)
+    fused = SigLIP(tiny_config)
+    fused.load_state_dict(separate.state_dict())
+    set_fused_qkv(fused, True)
+    assert list(fused.state_dict()) == list(separate.state_dict())
+    pixels, ids = torch.randn(3, 3, 16, 16), torch.randint(0, 64, (3, 8))
+    for model in (separate, fused):
+        zimg, ztxt = model(pixels, ids)
+        (zimg @ ztxt.T).pow(2).sum().backward()
+    for z, w in zip(fused(pixels, ids), separate(pixels, ids)):
+        torch.testing.assert_close(z, w, atol=1e-6, rtol=0)
+    for (name, p), q in zip(fused.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=0, msg=name)

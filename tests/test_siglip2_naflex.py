@@ -112,6 +112,11 @@ def test_embeddings_match_siglip2model():
     torch.testing.assert_close(ztxt, out.text_embeds, atol=ATOL, rtol=0)
     torch.testing.assert_close(model.logits(zimg, ztxt), out.logits_per_image, atol=1e-4, rtol=0)
     torch.testing.assert_close(alone[0], zimg[0], atol=ATOL, rtol=0)  # padding never leaks in
+    from siglip.model import set_fused_qkv
+
+    set_fused_qkv(model, True)  # the fused q/k/v switch masks the same way
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(batch), out.image_embeds, atol=ATOL, rtol=0)
 
 
 def test_naflex_inputs_are_checked():

@@ -95,7 +95,7 @@ autocast = autocast_for(cfg, rt)
 # --------------------------------------------------------------------------------------------------
 # Training loop
 metrics = MetricsLog(out_dir / "metrics.jsonl", total_steps, step, enabled=rt.is_main)
-meter = Meter(rt)
+meter = Meter(rt, cfg)  # pairs/s and MFU in metrics.jsonl and the progress bar
 model.train()
 end_step = min(total_steps, tc.stop_at_step) if tc.stop_at_step else total_steps
 while step < end_step:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from siglip.checkpoint import Payload, read_resumable, tokenizer_from_payload
+from siglip.compile import compile_or_eager
 from siglip.config import Config, TrainConfig, model_config_from_dict, to_dict
 from siglip.data import Pair, PairDataset, epoch_loader, find_pairs, steps_per_epoch
 from siglip.data.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
@@ -160,7 +161,7 @@ def build_data(cfg: Config, source: Source, tokenizer: Tokenizer, rt: Runtime) -
 def build_model(cfg: Config, payload: Payload | None, where: str | Path, rt: Runtime) -> tuple[SigLIP, Callable]:
     """The model (with the payload's weights), moved to the device, towers frozen as the optimizer
     config says, then wrapped for the process group: returns (model, forward), where `forward` is
-    the DDP wrapper or the model itself (sharded in place under FSDP2)."""
+    the DDP wrapper or the model itself (sharded in place under FSDP2), compiled with train.compile."""
     model = SigLIP(cfg.model)
     if payload is not None:
         load_into(model, payload, where)
@@ -169,7 +170,7 @@ def build_model(cfg: Config, payload: Payload | None, where: str | Path, rt: Run
     if cfg.loss.name == "softmax":
         model.b.requires_grad_(False)  # a softmax ignores b: DDP must not wait for its gradient
     freeze_towers(model, cfg.optim)  # SigLiT (lr multiplier 0) before wrapping: DDP must know what trains
-    return model, wrap_model(model, rt, cfg.train.strategy)
+    return model, compile_or_eager(wrap_model(model, rt, cfg.train.strategy), cfg.train.compile, rt.device)
 
 
 def log_run(cfg: Config, data: TrainData, total_steps: int, tokenizer: Tokenizer, model: SigLIP, rt: Runtime) -> None:

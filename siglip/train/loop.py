@@ -3,6 +3,7 @@ resumable checkpoints, and the evaluations due at a step."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,18 +23,35 @@ from siglip.distributed import (
     sync_replicated_grads,
 )
 from siglip.eval.evaluators import run_evals
+from siglip.flops import mfu, peak_tflops, train_step_flops
 from siglip.model import SigLIP
 from siglip.tokenizer import Tokenizer
 from siglip.train.accumulate import forward_backward
 from siglip.train.guard import DivergenceGuard
 from siglip.train.resume import write_checkpoint
 
+log = logging.getLogger(__name__)
+
 
 class Meter:
-    """Pairs trained and images skipped since the last logged step, over all ranks."""
+    """Pairs trained, their model FLOPs and images skipped since the last logged step, over all
+    ranks. MFU (siglip.flops) is against `train.peak_tflops`, or the matmul peak measured by rank 0
+    (once per device and dtype, cached). The time between two logged steps is read without a device
+    sync of its own: reading the loss at a logged step waits for the device anyway."""
 
-    def __init__(self, rt: Runtime):
-        self.rt, self.seen, self.skipped, self.t_last = rt, 0, 0, time.perf_counter()
+    def __init__(self, rt: Runtime, cfg: Config):
+        self.rt, self.model_cfg, self.seen, self.flops, self.skipped = rt, cfg.model, 0, 0, 0
+        self.peak = 0.0
+        if rt.is_main:
+            dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+            self.peak = peak_tflops(rt.device, dtype, cfg.train.peak_tflops)
+            log.info("MFU against a matmul peak of %.3g TFLOP/s per device (%s)", self.peak, dtype)
+        self.t_last = time.perf_counter()
+
+    def add(self, n_global: int) -> None:
+        """One step on a global batch of `n_global` pairs."""
+        self.seen += n_global
+        self.flops += train_step_flops(self.model_cfg, n_global)
 
     def record(self, step: int, loss: Tensor, lr: float, model: SigLIP) -> dict:
         """The metrics.jsonl record of this step (the only place the loss is read to the host)."""
@@ -47,7 +65,9 @@ class Meter:
             "images_per_s": self.seen / (now - self.t_last),
             "skipped": int(sum_over_ranks(self.skipped, self.rt)),
         }
-        self.seen, self.t_last = 0, now
+        if self.peak > 0:
+            out["mfu"] = mfu(self.flops / self.rt.world_size, 1 / (now - self.t_last), self.peak)
+        self.seen, self.flops, self.t_last = 0, 0, now
         return out
 
 
@@ -82,7 +102,7 @@ def train_step(
             clip_grad_norm(model, cfg.optim.grad_clip, rt)
         optimizer.step()
     scheduler.step()
-    meter.seen += n * rt.world_size
+    meter.add(n * rt.world_size)
     return loss
 
 
