@@ -56,6 +56,7 @@ class ModelConfig:
     gelu: str = "tanh"  # "tanh" (big_vision, Hugging Face) or "exact" (erf; open_clip's timm towers)
     init_t_prime: float = 2.302585092994046  # log(10); paper Table 4
     init_b: float = -10.0
+    dropout: float = 0.0  # training only: on each block's attention and MLP outputs (and the MLP hidden)
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> ModelConfig:

@@ -23,13 +23,15 @@ LN_EPS = 1e-6
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/out projections (all with bias)."""
+    """Multi-head attention with separate q/k/v/out projections (all with bias). `dropout` applies
+    to the output in training mode (0 = none, the released models)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
+        self.dropout = dropout
         self.q = nn.Linear(width, width)
         self.k = nn.Linear(width, width)
         self.v = nn.Linear(width, width)
@@ -41,31 +43,40 @@ class Attention(nn.Module):
         n, lq, d = x.shape
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (n, heads, l, d/heads)
         h = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)))
-        return self.out(h.transpose(1, 2).reshape(n, lq, d))
+        return _dropout(self.out(h.transpose(1, 2).reshape(n, lq, d)), self.dropout, self.training)
+
+
+def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """F.dropout, skipped entirely at p = 0 so that the default draws no random numbers."""
+    return F.dropout(x, p, training) if p > 0 and training else x
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int, gelu: str):
+    """fc1 -> GELU -> fc2; `dropout` after the GELU and after fc2 in training mode (0 = none)."""
+
+    def __init__(self, width: int, hidden: int, gelu: str, dropout: float = 0.0):
         super().__init__()
         if gelu not in ("tanh", "exact"):
             raise ValueError(f"gelu must be 'tanh' or 'exact', got {gelu!r}")
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
         self.approximate = "tanh" if gelu == "tanh" else "none"
+        self.dropout = dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
+        h = _dropout(F.gelu(self.fc1(x), approximate=self.approximate), self.dropout, self.training)
+        return _dropout(self.fc2(h), self.dropout, self.training)
 
 
 class Block(nn.Module):
     """Pre-LN encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, cfg: TowerConfig, gelu: str):
+    def __init__(self, cfg: TowerConfig, gelu: str, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.attn = Attention(cfg.width, cfg.heads)
+        self.attn = Attention(cfg.width, cfg.heads, dropout)
         self.norm2 = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.mlp = MLP(cfg.width, cfg.mlp_dim, gelu)
+        self.mlp = MLP(cfg.width, cfg.mlp_dim, gelu, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
@@ -76,9 +87,9 @@ class Encoder(nn.Module):
     """`depth` blocks, then the final LayerNorm. With `checkpoint_blocks` (a training switch, not
     architecture) each block's activations are recomputed in the backward instead of kept."""
 
-    def __init__(self, cfg: TowerConfig, gelu: str):
+    def __init__(self, cfg: TowerConfig, gelu: str, dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.ModuleList([Block(cfg, gelu) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(cfg, gelu, dropout) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.checkpoint_blocks = False
 
@@ -118,7 +129,7 @@ class ImageTower(nn.Module):
         self.grid = cfg.image_size // cfg.patch_size
         self.patch_embed = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, w))
-        self.encoder = Encoder(cfg.image, cfg.gelu)
+        self.encoder = Encoder(cfg.image, cfg.gelu, cfg.dropout)
         self.head = MAPHead(cfg.image, cfg.gelu)
 
     def forward_features(self, pixels: Tensor) -> Tensor:
@@ -144,7 +155,7 @@ class TextTower(nn.Module):
         w = cfg.text.width
         self.token_embed = nn.Embedding(cfg.vocab_size, w)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.text_length, w))
-        self.encoder = Encoder(cfg.text, cfg.gelu)
+        self.encoder = Encoder(cfg.text, cfg.gelu, cfg.dropout)
         self.head = nn.Linear(w, cfg.out_dim) if cfg.text_head else nn.Identity()
 
     def forward_features(self, ids: Tensor) -> Tensor:
