@@ -186,6 +186,14 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """Copies of the metrics.jsonl scalars (siglip.loggers); each needs its extra installed."""
+
+    tensorboard: bool = False  # events under OUTPUT_DIR/tensorboard
+    wandb: str = ""  # a W&B project name; offline unless WANDB_MODE is set or an API key is configured
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_variant("B/16"))
     data: DataConfig = field(default_factory=DataConfig)
@@ -194,6 +202,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evals: list[EvalConfig] = field(default_factory=list)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # --------------------------------------------------------------------------------------------------

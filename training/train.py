@@ -50,6 +50,7 @@ from siglip.distributed import (
     wrap_model,
 )
 from siglip.evaluators import check_evals, run_evals
+from siglip.loggers import scalar_sinks
 from siglip.loss import loss_from_config
 from siglip.metrics_log import MetricsLog
 from siglip.model import SigLIP
@@ -213,7 +214,7 @@ def save_checkpoint() -> None:
     barrier(rt)
 
 
-def evaluate(at_step):
+def evaluate(at_step, outputs_dir=None):
     return run_evals(
         cfg.evals,
         model,
@@ -224,12 +225,17 @@ def evaluate(at_step):
         cfg.data.num_workers,
         bf16,
         at_step,
+        outputs_dir,
+        step,
     )
 
 
 # --------------------------------------------------------------------------------------------------
 # Training loop
-metrics = MetricsLog(out_dir / "metrics.jsonl", total_steps, step, enabled=rt.is_main)
+sinks = scalar_sinks(cfg.log, out_dir, to_dict(cfg)) if rt.is_main else []  # TensorBoard, W&B: same scalars
+metrics = MetricsLog(out_dir / "metrics.jsonl", total_steps, step, enabled=rt.is_main, sinks=sinks)
+if run.resume:
+    metrics.write({"step": step, "resumed": True})  # reports mark where a run continued
 model.train()
 seen, skipped, t_last = 0, 0, time.perf_counter()
 end_step = min(total_steps, tc.stop_at_step) if tc.stop_at_step else total_steps
@@ -244,8 +250,7 @@ while step < end_step:
         optimizer.zero_grad(set_to_none=True)
         loss = forward_backward(forward, model, pixels, ids, compute_loss, tc.micro_batch_size, autocast)
         sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
-        if cfg.optim.grad_clip > 0:
-            clip_grad_norm(model, cfg.optim.grad_clip, rt)
+        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt) if cfg.optim.grad_clip > 0 else None
         optimizer.step()
         scheduler.step()
         step += 1
@@ -262,6 +267,7 @@ while step < end_step:
                     "b": model.b.item(),
                     "images_per_s": seen / (now - t_last),
                     "skipped": int(sum_over_ranks(skipped, rt)),
+                    **({} if grad_norm is None else {"grad_norm": grad_norm.item()}),  # before clipping
                 }
             )
             seen, t_last = 0, now
@@ -286,7 +292,7 @@ if rt.is_main:
     save_model(final_path, model, tokenizer, cfg.data.resample, state_dict=final_state)
     log.info("saved %s", final_path)
 if cfg.evals:  # every rank evaluates (a sharded model needs them all); rank 0 reports
-    results = evaluate(None)
+    results = evaluate(None, out_dir / "eval" if rt.is_main else None)  # + per-example outputs for reports
     metrics.write({"step": step, **results})
     if rt.is_main:
         for k, v in results.items():
