@@ -36,6 +36,7 @@ COMMON = [
     "--config.train.log_every=1",
     "--config.train.checkpoint_every=0",
     "--config.data.num_workers=0",
+    "--config.optim.warmup_steps=5",  # of the 20 steps: the lr peaks, then decays
 ]
 RUNS = {
     "one_process": [],
