@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-slow lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,peers]'
+	$(PY) -m pip install -q -e '.[test,peers,report,tensorboard]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -17,6 +17,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

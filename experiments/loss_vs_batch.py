@@ -32,7 +32,9 @@ def main() -> None:
     parser = sweep_arguments(__doc__.split("\n")[0], "python experiments/loss_vs_batch.py")
     args = parser.parse_args()
     rows = run_sweep(NAME, settings(args.tiny), REPO, CONFIG, args, [])
-    png = sweep(rows, "batch_size", "loss_name", ["digits/acc1", "loss"], "sigmoid vs softmax, same examples seen", logx=True)
+    png = sweep(
+        rows, "batch_size", "loss_name", ["digits/acc1", "loss"], "sigmoid vs softmax, same examples seen", logx=True
+    )
     out = Path(args.results_dir) if args.results_dir else REPO / "experiments" / "results"
     (out / f"{NAME}.png").write_bytes(png)
     print(f"wrote {out / NAME}.csv, .png, .cmd")

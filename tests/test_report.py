@@ -97,7 +97,9 @@ def test_worst_classes_and_confusion_counts(tmp_path):
     page, drawn = build_report([run])
     assert "digits_zero_shot confusion matrix" in drawn
     pred = scores.argmax(1).masked_fill(~ok, -1)
-    recall = {c: float(((pred == labels) & (labels == k)).sum() / (labels == k).sum()) for k, c in enumerate(data.classnames)}
+    recall = {
+        c: float(((pred == labels) & (labels == k)).sum() / (labels == k).sum()) for k, c in enumerate(data.classnames)
+    }
     worst = min(recall, key=recall.get)
     assert f"<tr><td>{worst}</td><td>{recall[worst]:.3f}</td>" in page
 
@@ -156,7 +158,9 @@ def test_report_of_a_resumed_run_and_an_evaluated_run(tmp_path):
 
     out = tmp_path / "report.html"
     cmd = [sys.executable, "-m", "siglip.report", str(resumed), str(evaluated), "--out", str(out), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     page = out.read_text()

@@ -86,7 +86,7 @@ def config_section(runs: list[Run]) -> str:
     rows = []
     for k in differ + [k for k in keys if k not in differ]:
         cells = "".join(f"<td>{html.escape(str(f.get(k, '-')))}</td>" for f in flat)
-        rows.append(f'<tr{" class=diff" if k in differ else ""}><td>{html.escape(k)}</td>{cells}</tr>')
+        rows.append(f"<tr{' class=diff' if k in differ else ''}><td>{html.escape(k)}</td>{cells}</tr>")
     note = f"{len(differ)} key(s) differ (highlighted, first)." if len(runs) > 1 else ""
     return f"<h2>Configs</h2><p>{note}</p><table><tr><th>key</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -112,7 +112,9 @@ def zero_shot_section(run: Run, name: str, out: dict, worst: int = 10) -> str:
         )
     title = f"{run.name}: {name} confusion matrix (step {out.get('step', '?')})"
     table = "<tr><th>class</th><th>recall</th><th>images</th><th>most often taken for</th></tr>" + "".join(rows)
-    return f"<h3>{html.escape(title)}</h3>{_figure(plots.confusion(matrix, classes, title), title)}<table>{table}</table>"
+    return (
+        f"<h3>{html.escape(title)}</h3>{_figure(plots.confusion(matrix, classes, title), title)}<table>{table}</table>"
+    )
 
 
 def _thumbnail(path: str, size: int = 64) -> str:
@@ -143,7 +145,9 @@ def retrieval_section(run: Run, name: str, out: dict) -> str:
             f"<td class=thumbs>{thumbs}</td></tr>"
         )
     head = "<tr><th>text query</th><th>its image</th><th>top images (green = its own)</th></tr>"
-    return f"<h3>{html.escape(run.name)}: {html.escape(name)} retrieval examples</h3><table>{head}{''.join(rows)}</table>"
+    return (
+        f"<h3>{html.escape(run.name)}: {html.escape(name)} retrieval examples</h3><table>{head}{''.join(rows)}</table>"
+    )
 
 
 def outputs_section(runs: list[Run]) -> tuple[str, list[str]]:
