@@ -9,7 +9,7 @@ set, which overfits, gains from it.
 from pathlib import Path
 
 from siglip.report.plots import sweep
-from siglip.report.sweep import Setting, run_sweep, sweep_arguments
+from siglip.report.sweep import Setting, main_metric, run_sweep, sweep_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "ablation_config.py"
@@ -33,7 +33,7 @@ def main() -> None:
     parser = sweep_arguments(__doc__.split("\n")[0], "python experiments/dropout.py")
     args = parser.parse_args()
     rows = run_sweep(NAME, settings(args.tiny), REPO, CONFIG, args, [])
-    png = sweep(rows, "dropout", "data", ["digits/acc1", "loss"], "dropout on attention and MLP")
+    png = sweep(rows, "dropout", "data", [main_metric(rows), "loss"], "dropout on attention and MLP")
     out = Path(args.results_dir) if args.results_dir else REPO / "experiments" / "results"
     (out / f"{NAME}.png").write_bytes(png)
     print(f"wrote {out / NAME}.csv, .png, .cmd")

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from siglip.report.plots import sweep
-from siglip.report.sweep import Setting, run_sweep, sweep_arguments
+from siglip.report.sweep import Setting, main_metric, run_sweep, sweep_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "ablation_config.py"
@@ -32,7 +32,9 @@ def main() -> None:
     parser = sweep_arguments(__doc__.split("\n")[0], "python experiments/init_t_b.py")
     args = parser.parse_args()
     rows = run_sweep(NAME, settings(args.tiny), REPO, CONFIG, args, [])
-    png = sweep(rows, "init", None, ["digits/acc1", "loss", "t", "b"], "initial t and b (final values on the right)")
+    png = sweep(
+        rows, "init", None, [main_metric(rows), "loss", "t", "b"], "initial t and b (final values on the right)"
+    )
     out = Path(args.results_dir) if args.results_dir else REPO / "experiments" / "results"
     (out / f"{NAME}.png").write_bytes(png)
     print(f"wrote {out / NAME}.csv, .png, .cmd")

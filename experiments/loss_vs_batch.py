@@ -8,7 +8,7 @@ at small batches, the two meet as the batch grows). Every run sees the same numb
 from pathlib import Path
 
 from siglip.report.plots import sweep
-from siglip.report.sweep import Setting, run_sweep, sweep_arguments
+from siglip.report.sweep import Setting, main_metric, run_sweep, sweep_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "ablation_config.py"
@@ -33,7 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = run_sweep(NAME, settings(args.tiny), REPO, CONFIG, args, [])
     png = sweep(
-        rows, "batch_size", "loss_name", ["digits/acc1", "loss"], "sigmoid vs softmax, same examples seen", logx=True
+        rows,
+        "batch_size",
+        "loss_name",
+        [main_metric(rows)],
+        "sigmoid vs softmax, same examples seen",
+        logx=True,
     )
     out = Path(args.results_dir) if args.results_dir else REPO / "experiments" / "results"
     (out / f"{NAME}.png").write_bytes(png)

@@ -10,7 +10,7 @@ them; here the batch is fixed and only the kept pairs change.
 from pathlib import Path
 
 from siglip.report.plots import sweep
-from siglip.report.sweep import Setting, run_sweep, sweep_arguments
+from siglip.report.sweep import Setting, main_metric, run_sweep, sweep_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "ablation_config.py"
@@ -39,7 +39,7 @@ def main() -> None:
     parser = sweep_arguments(__doc__.split("\n")[0], "python experiments/negatives.py")
     args = parser.parse_args()
     rows = run_sweep(NAME, settings(args.tiny), REPO, CONFIG, args, [])
-    png = sweep(rows, "ratio", "negatives", ["digits/acc1", "b"], "fraction of negatives kept", logx=False)
+    png = sweep(rows, "ratio", "negatives", [main_metric(rows), "b"], "fraction of negatives kept", logx=False)
     out = Path(args.results_dir) if args.results_dir else REPO / "experiments" / "results"
     (out / f"{NAME}.png").write_bytes(png)
     print(f"wrote {out / NAME}.csv, .png, .cmd")

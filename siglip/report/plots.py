@@ -96,7 +96,10 @@ def sweep(
             sel = [r for r in rows if not group or str(r[group]) == g]
             sel = [r for r in sel if _is_number(r.get(metric))]
             px = [float(r[x]) if numeric else xs.index(str(r[x])) for r in sel]
-            ax.plot(px, [float(r[metric]) for r in sel], marker="o", label=g or None, color=f"C{i % 10}")
+            style = "-" if numeric else "none"  # categories are not a continuum: points only
+            ax.plot(
+                px, [float(r[metric]) for r in sel], marker="o", linestyle=style, label=g or None, color=f"C{i % 10}"
+            )
         if not numeric:
             ax.set_xticks(range(len(xs)), xs, rotation=30, fontsize=8)
         if logx and numeric:

@@ -22,14 +22,7 @@ from pathlib import Path
 
 from .runs import read_metrics
 
-# The numbers a sweep tables, from the last evaluation of each run (the ablation config's evaluators).
-EVAL_COLUMNS = (
-    "digits/acc1",
-    "digits/mean_per_class_recall",
-    "digits/image_retrieval_recall@1",
-    "digits/text_retrieval_recall@1",
-)
-TRAIN_COLUMNS = ("loss", "t", "b")
+TRAIN_COLUMNS = ("loss", "t", "b")  # the last logged value of each, beside the final evaluation
 
 
 @dataclass
@@ -111,7 +104,7 @@ def summarize(run_dir: Path) -> dict[str, object]:
     last_eval = next(r for r in reversed(rows) if any("/" in k for k in r))
     last_train = next(r for r in reversed(rows) if "loss" in r)
     out: dict[str, object] = {"steps": last_train["step"]}
-    out.update({k: last_eval.get(k, "") for k in EVAL_COLUMNS})
+    out.update({k: v for k, v in last_eval.items() if "/" in k and not k.endswith("unreadable_images")})
     out.update({k: last_train.get(k, "") for k in TRAIN_COLUMNS})
     seconds = run_dir / "seconds.txt"
     out["seconds"] = float(seconds.read_text()) if seconds.is_file() else ""
@@ -144,11 +137,19 @@ def run_sweep(
             print(f"[{i + 1}/{len(settings)}] {setting.name}: finished before, reused", flush=True)
         row = {"setting": setting.name, **setting.values, **summarize(run_dir)}
         rows.append(row)
-        print("   " + json.dumps({k: v for k, v in row.items() if k in EVAL_COLUMNS}), flush=True)
+        print("   " + json.dumps({k: v for k, v in row.items() if "/" in k}), flush=True)
     write_csv(results / f"{name}.csv", rows)
     command = " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
     (results / f"{name}.cmd").write_text(command + "\n")
     return rows
+
+
+def main_metric(rows: list[dict[str, object]]) -> str:
+    """The metric a sweep's plot shows first: the first zero-shot top-1 accuracy in the table."""
+    keys = [k for k in rows[0] if k.endswith("/acc1")] if rows else []
+    if not keys:
+        raise ValueError("the runs have no zero-shot evaluation (`<dataset>/acc1`): list one in the config's evals")
+    return keys[0]
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
