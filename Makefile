@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,peers,report,tensorboard]'
+	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers,report,tensorboard]'
 	touch $@
 
 demo: $(VENV)/.installed

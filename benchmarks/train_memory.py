@@ -27,12 +27,12 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from siglip.accumulate import forward_backward  # noqa: E402
 from siglip.config import ModelConfig, OptimConfig  # noqa: E402
 from siglip.distributed import Runtime, wrap_model  # noqa: E402
 from siglip.loss import sigmoid_loss  # noqa: E402
 from siglip.model import SigLIP  # noqa: E402
 from siglip.optim import build_optimizer  # noqa: E402
+from siglip.train.accumulate import forward_backward  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

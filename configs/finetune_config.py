@@ -5,7 +5,7 @@ checkpoint; t' and b start from its values.
     python training/train.py --config configs/finetune_config.py --pretrained-path /models/siglip-base-patch16-224 \
         --data-path DATA --batch-size 128 --learning-rate 5e-5 --epochs 10
     -> ./checkpoints/siglip_finetune.pt; export it with
-    python -m siglip.convert ./checkpoints/siglip_finetune.pt ./export --to hf
+    python -m siglip.interop ./checkpoints/siglip_finetune.pt ./export --to hf
 
 --pretrained-path takes our .pt, a Hugging Face folder, an open_clip checkpoint or a big_vision .npz
 (--config.train.pretrained_tokenizer=spiece.model when no SentencePiece model lies beside it).

@@ -16,9 +16,9 @@ import logging
 import torch
 
 import siglip
-from siglip.eval_data import RETRIEVAL_DATASETS, retrieval_set
-from siglip.results import benchmark_record, eval_arguments, format_table, write_results
-from siglip.retrieval import evaluate_retrieval
+from siglip.eval.datasets import RETRIEVAL_DATASETS, retrieval_set
+from siglip.eval.results import benchmark_record, eval_arguments, format_table, write_results
+from siglip.eval.retrieval import evaluate_retrieval
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

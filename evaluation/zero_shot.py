@@ -14,9 +14,9 @@ import logging
 import torch
 
 import siglip
-from siglip.eval_data import ZERO_SHOT_DATASETS, classification_set
-from siglip.results import benchmark_record, eval_arguments, format_table, write_results
-from siglip.zero_shot import evaluate_zero_shot
+from siglip.eval.datasets import ZERO_SHOT_DATASETS, classification_set
+from siglip.eval.results import benchmark_record, eval_arguments, format_table, write_results
+from siglip.eval.zero_shot import evaluate_zero_shot
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

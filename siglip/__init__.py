@@ -7,11 +7,12 @@ ztxt = model.encode_text(model.tokenizer(["a handwritten seven"]))
 prob = torch.sigmoid(model.t * zimg @ ztxt.T + model.b)
 """
 
-from .checkpoint import load, save_model
-from .config import Config, ModelConfig
-from .loss import sigmoid_loss, softmax_loss
-from .model import SigLIP
-from .tokenizer import Tokenizer
+from siglip.checkpoint import save_model
+from siglip.config import Config, ModelConfig
+from siglip.interop import load
+from siglip.loss import sigmoid_loss, softmax_loss
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
 
 __all__ = [
     "load",

@@ -6,7 +6,7 @@ Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weight
     tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int},
     preprocess: {"image_size": int, "resample": str}
 A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
-so it loads as a model too. `siglip.convert` builds the same dict from Hugging Face, open_clip and
+so it loads as a model too. `siglip.interop` builds the same dict from Hugging Face, open_clip and
 big_vision checkpoints; one made from a standalone tower file also has partial: "image" or "text"
 (its state_dict holds only that tower).
 """
@@ -16,19 +16,34 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
-from .config import ModelConfig, model_config_from_dict
-from .model import SigLIP
-from .tokenizer import Tokenizer
-from .transforms import image_transform
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
 
 FORMAT = "siglip"
 VERSION = 1
+
+
+class Payload(TypedDict, total=False):
+    """What a model file holds, and what every checkpoint reader in `siglip.interop` returns."""
+
+    format: str  # always FORMAT
+    version: int  # VERSION
+    model_config: dict  # ModelConfig as a dict (`siglip.config.model_config_from_dict` reads it back)
+    state_dict: dict[str, torch.Tensor]  # our parameter names
+    tokenizer: dict  # {"proto": uint8 tensor of the SentencePiece model (may be empty), "length": int}
+    preprocess: dict  # {"image_size": int, "resample": "bicubic" | "bilinear" | "nearest"}
+    partial: str  # "image" or "text": a standalone tower, the other one absent from state_dict
+    # a resumable training checkpoint adds:
+    optimizer: dict
+    scheduler: dict
+    step: int
+    config: dict  # the resolved training Config as a dict
+    torch_rng: torch.Tensor
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -48,7 +63,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict: dict | None = None) -> dict:
+def model_payload(model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict: dict | None = None) -> Payload:
     """The dict that a model file holds (tensors moved to the CPU). `state_dict`: the model's
     tensors when they are gathered elsewhere (a sharded model: `siglip.distributed.full_model_state`)."""
     if state_dict is None:
@@ -72,7 +87,7 @@ def save_model(
     atomic_save(model_payload(model, tokenizer, resample, state_dict), path)
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path) -> Payload:
     """Load one of our files without running pickled code; clear errors for anything else."""
     path = Path(path)
     if not path.exists():
@@ -91,36 +106,9 @@ def read_checkpoint(path: str | Path) -> dict:
     return obj
 
 
-def tokenizer_from_payload(payload: dict) -> Tokenizer:
+def tokenizer_from_payload(payload: Payload) -> Tokenizer:
     tok = payload["tokenizer"]
     return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]))
-
-
-def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> SigLIP:
-    """A ready-to-use model in eval mode, with `model.tokenizer` (list of str -> (n, L) ids) and
-    `model.preprocess` (PIL image -> (3, S, S) tensor) attached.
-
-    `path`: our model file, a Hugging Face SigLIP folder or weights file, an open_clip SigLIP checkpoint
-    or a big_vision .npz (detected, see `siglip.convert`); `tokenizer`: a SentencePiece model for
-    formats that do not keep one beside the weights."""
-    from .convert import load_payload  # convert builds on this module
-
-    payload = load_payload(path, tokenizer)
-    if payload.get("partial"):
-        raise ValueError(
-            f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"
-        )
-    cfg: ModelConfig = model_config_from_dict(payload["model_config"])
-    model = SigLIP(cfg)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-    model.tokenizer = tokenizer_from_payload(payload)
-    pre = payload["preprocess"]
-    model.preprocess: Callable = image_transform(int(pre["image_size"]), pre["resample"])
-    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,7 +143,7 @@ def save_train_state(
 
 
 def load_train_state(
-    payload: dict, model: SigLIP, optimizer: torch.optim.Optimizer, scheduler: Any, where: str | Path = ""
+    payload: Payload, model: SigLIP, optimizer: torch.optim.Optimizer, scheduler: Any, where: str | Path = ""
 ) -> int:
     """Restore model, optimizer, scheduler and RNG from a `save_train_state` payload (as
     `read_checkpoint` returns it, so the file is read once); returns the step."""
@@ -163,7 +151,7 @@ def load_train_state(
         raise ValueError(f"{where}: a model file without training state; it cannot be resumed from")
     groups = payload["optimizer"]["param_groups"]
     if any(isinstance(p, str) for g in groups for p in g["params"]):  # by name: any strategy/world size
-        from .distributed import load_full_state
+        from siglip.distributed import load_full_state
 
         load_full_state(model, optimizer, payload["state_dict"], payload["optimizer"])
     else:

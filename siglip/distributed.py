@@ -5,7 +5,7 @@
 
 Conventions:
 - The global batch is split evenly: each rank holds `batch_size / world_size` pairs.
-- The losses with a group (`siglip.loss`, `siglip.loss_distributed`) return the GLOBAL loss (the same
+- The losses with a group (`siglip.loss`, `siglip.loss.ring`) return the GLOBAL loss (the same
   on every rank). Their backward gives each rank's local embeddings world_size x dL/dz_local and
   t and b gradients whose mean over ranks is dL/dt (dL/db), so gradient averaging across ranks
   (DDP, FSDP2) equals one process on the whole batch.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .config import ModelConfig, TowerConfig
+from siglip.config import ModelConfig, TowerConfig
 
 LN_EPS = 1e-6
 

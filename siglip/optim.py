@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from siglip.config import OptimConfig
 
 # Parameters named like this are never decayed (besides every 0-d/1-d tensor: biases, norms, t', b).
 NO_DECAY_NAMES = ("pos_embed", "token_embed", "probe")

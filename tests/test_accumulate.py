@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from siglip.accumulate import forward_backward
 from siglip.config import ModelConfig
 from siglip.loss import sigmoid_loss, softmax_loss
 from siglip.model import SigLIP
+from siglip.train.accumulate import forward_backward
 
 
 def tiny_model() -> SigLIP:

@@ -1,8 +1,11 @@
 """Typed config files and command-line overrides."""
 
+import re
+
 import pytest
 
-from siglip.config import Config, apply_overrides, load_config_file, parse_train_args, run_name
+from siglip.config import Config, ConfigError, apply_overrides, load_config_file, validate
+from siglip.train.args import parse_train_args, run_name
 
 from .conftest import REPO
 
@@ -90,3 +93,56 @@ def test_seed_flags_and_config_overrides():
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match="config file not found: nowhere.py"):
         load_config_file("nowhere.py")
+
+
+BASE = ["--config", str(REPO / "configs/demo_config.py")]
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        # a misspelt choice is refused even in a 1-process run, where the field is never read
+        ("--config.loss.distributed=rnig", ["loss.distributed='rnig'", "ring", "all_gather"]),
+        ("--config.train.precision=fp16", ["train.precision='fp16'", "fp32", "bf16"]),
+        ("--config.loss.negatives=hardest", ["loss.negatives='hardest'", "random", "easy"]),
+        ("--config.data.resample=lanczos", ["data.resample='lanczos'", "bicubic"]),
+        ("--config.train.strategy=zero3", ["train.strategy='zero3'", "fsdp"]),
+        ("--config.model.gelu=relu", ["model.gelu='relu'", "tanh", "exact"]),
+    ],
+)
+def test_validate_refuses_unknown_choices(override, names):
+    with pytest.raises(ConfigError) as e:
+        parse_train_args([*BASE, override])
+    for name in names:
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--batch-size", "0"], "train.batch_size=0"),
+        (["--learning-rate", "0"], "optim.lr=0.0"),
+        (["--steps", "10", "--config.optim.warmup_steps=11"], "optim.warmup_steps=11 is more than train.steps=10"),
+        (["--batch-size", "16", "--config.loss.tile=32"], "loss.tile=32 is larger than train.batch_size=16"),
+        (["--batch-size", "16", "--config.train.micro_batch_size=32"], "train.micro_batch_size=32"),
+        (["--config.loss.name=softmax", "--config.loss.negatives=hard"], "applies to the sigmoid loss only"),
+        (["--config.tokenizer.vocab_size=5000"], "tokenizer.vocab_size=5000 is larger than model.vocab_size"),
+        (["--config.model.image_size=30"], "model.image_size=30 is not a multiple of model.patch_size"),
+        (["--config.model.image.heads=3"], "model.image: width 128 must split into 3 heads"),
+    ],
+)
+def test_validate_refuses_ranges_and_dependent_fields(args, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_train_args([*BASE, *args])
+
+
+def test_validate_checks_evaluators():
+    cfg = load_config_file(REPO / "configs/demo_config.py")
+    cfg.evals[0].dataset = "imagenet21k"
+    with pytest.raises(ConfigError, match=r"evals\[0\].dataset='imagenet21k'.*cifar10"):
+        validate(cfg)
+
+
+def test_shipped_configs_validate():
+    for path in sorted((REPO / "configs").glob("*_config.py")):
+        validate(load_config_file(path))

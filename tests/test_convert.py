@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 import siglip
 from siglip.config import ModelConfig, TowerConfig
-from siglip.convert import load_payload
-from siglip.convert import main as convert_main
+from siglip.interop import load_payload
+from siglip.interop.__main__ import main as convert_main
 from siglip.model import SigLIP
 from siglip.tokenizer import Tokenizer
 

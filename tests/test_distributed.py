@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from siglip.accumulate import forward_backward
 from siglip.config import ModelConfig
 from siglip.distributed import (
     Runtime,
@@ -30,6 +29,7 @@ from siglip.distributed import (
 )
 from siglip.loss import sigmoid_loss, softmax_loss
 from siglip.model import SigLIP
+from siglip.train.accumulate import forward_backward
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

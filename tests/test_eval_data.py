@@ -11,8 +11,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from siglip.eval_data import classification_set, read_cifar_pickle, read_imagenet, retrieval_set
-from siglip.prompts import bundled, read_templates
+from siglip.eval.cifar import read_cifar_pickle
+from siglip.eval.datasets import classification_set, retrieval_set
+from siglip.eval.imagenet import read_imagenet
+from siglip.eval.prompts import bundled, read_templates
 
 TENCH, GOLDFISH, SHARK = "n01440764", "n01443537", "n01484850"  # sorted: labels 0, 1, 2
 

@@ -14,13 +14,13 @@ from PIL import Image
 import siglip
 from siglip.config import EvalConfig, ModelConfig
 from siglip.data import load_image
-from siglip.eval_data import classification_set, retrieval_set
-from siglip.evaluators import run_evals
+from siglip.eval.datasets import classification_set, retrieval_set
+from siglip.eval.evaluators import run_evals
+from siglip.eval.retrieval import evaluate_retrieval
+from siglip.eval.zero_shot import class_embeddings, evaluate_zero_shot
 from siglip.model import SigLIP, l2_normalize
-from siglip.retrieval import evaluate_retrieval
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import image_transform
-from siglip.zero_shot import class_embeddings, evaluate_zero_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red_square": (220, 30, 30), "green_circle": (30, 200, 40), "blue_star": (20, 40, 230)}

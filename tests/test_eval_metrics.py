@@ -1,11 +1,11 @@
-"""The pure metric functions of siglip.evaluate on hand-made matrices with known answers, and against
+"""The pure metric functions of siglip.eval.metrics on hand-made matrices with known answers, and against
 independent references (sorting, torch.topk, scikit-learn) on random matrices."""
 
 import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from siglip.evaluate import (
+from siglip.eval.metrics import (
     class_ranks,
     image_retrieval_ranks,
     mean_per_class_recall,

@@ -10,9 +10,9 @@ import torch
 
 import siglip
 from siglip.config import EvalConfig, OptimConfig, model_config_from_dict
-from siglip.convert import load_into, load_payload
-from siglip.convert import main as convert_main
-from siglip.evaluators import run_evals
+from siglip.eval.evaluators import run_evals
+from siglip.interop import load_into, load_payload
+from siglip.interop.__main__ import main as convert_main
 from siglip.model import SigLIP
 from siglip.optim import build_optimizer
 from siglip.tokenizer import Tokenizer
@@ -80,6 +80,7 @@ def test_finetune_from_hf_folder(tmp_path):
         "1e-3",
         "--steps",
         "4",
+        "--config.optim.warmup_steps=2",  # no longer than the run (validate refuses more)
         "--config.optim.image_lr_mult=0",
         "--output-dir",
         str(tmp_path / "lit"),
@@ -106,7 +107,7 @@ def test_lr_multipliers_and_freezing():
 def test_resize_pos_embed_at_other_resolution(tmp_path):
     """Fine-tuning at 2x the resolution: a constant embedding stays constant, a linear ramp stays a
     ramp, and the resized model runs at the new size."""
-    from siglip.convert import load_pretrained
+    from siglip.interop import load_pretrained
     from siglip.model import resize_pos_embed
 
     ramp = torch.arange(4.0).repeat(4).reshape(1, 16, 1)  # x coordinate of a 4x4 grid

@@ -75,7 +75,10 @@ def test_golden_losses(name, golden, tmp_path_factory):
     if os.environ.get("SIGLIP_RECORD_GOLDEN"):
         recorded = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
         recorded[name] = got
-        lines = ",\n".join(f"  {json.dumps(k)}: [\n" + ",\n".join(f"    {json.dumps(r)}" for r in v) + "\n  ]" for k, v in recorded.items())
+        lines = ",\n".join(
+            f"  {json.dumps(k)}: [\n" + ",\n".join(f"    {json.dumps(r)}" for r in v) + "\n  ]"
+            for k, v in recorded.items()
+        )
         GOLDEN.write_text("{\n" + lines + "\n}\n")
         pytest.skip(f"recorded {name} in {GOLDEN.name}")
     want = golden[name]

@@ -10,8 +10,8 @@ import types
 import pytest
 
 from siglip.config import LogConfig
-from siglip.loggers import TensorBoardSink, WandbSink, scalar_sinks, scalars_of, wandb_mode
-from siglip.metrics_log import MetricsLog
+from siglip.train.loggers import TensorBoardSink, WandbSink, scalar_sinks, scalars_of, wandb_mode
+from siglip.train.metrics_log import MetricsLog
 
 
 class FakeWandb(types.ModuleType):

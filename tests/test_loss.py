@@ -130,7 +130,7 @@ def test_loss_from_config():
 
 
 def test_no_grad_skips_the_gradient_products(monkeypatch):
-    import siglip.loss as loss_module
+    import siglip.loss.tiles as loss_module
 
     wanted = []
     sweep = loss_module.block_sweep

@@ -1,6 +1,6 @@
 """Distributed losses with 2 and 4 gloo processes against one process on the concatenated batch:
 the global loss on every rank, world_size * dL/dz for each rank's embeddings, and t, b gradients
-whose mean over ranks is dL/dt, dL/db (the convention of siglip/loss_distributed.py)."""
+whose mean over ranks is dL/dt, dL/db (the convention of siglip/loss/ring.py)."""
 
 import pytest
 import torch

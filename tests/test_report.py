@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from siglip.eval_data import ClassificationSet, RetrievalSet
+from siglip.eval.datasets import ClassificationSet, RetrievalSet
+from siglip.eval.retrieval import retrieval_outputs
+from siglip.eval.zero_shot import zero_shot_outputs
 from siglip.report.__main__ import main as report_main
 from siglip.report.html import CURVES, build_report, config_section
 from siglip.report.runs import RunError, load_run
-from siglip.retrieval import retrieval_outputs
-from siglip.zero_shot import zero_shot_outputs
 
 from .conftest import REPO
 

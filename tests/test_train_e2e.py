@@ -9,7 +9,7 @@ import torch
 
 import siglip
 from siglip.config import EvalConfig
-from siglip.evaluators import run_evals
+from siglip.eval.evaluators import run_evals
 
 from .conftest import REPO
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from siglip.webdataset import TarStream, count_samples, expand_braces, is_shard_pattern, read_captions, shard_list
+from siglip.data.webdataset import TarStream, count_samples, expand_braces, is_shard_pattern, read_captions, shard_list
 
 FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
 

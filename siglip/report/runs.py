@@ -1,5 +1,5 @@
 """A training run as written on disk: `metrics.jsonl`, `config.json` and, from the final evaluation,
-`eval/*.json` (per-example outputs, see siglip.evaluators). Reading only: no matplotlib, no torch."""
+`eval/*.json` (per-example outputs, see siglip.eval.evaluators). Reading only: no matplotlib, no torch."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .data import CAPTION_COLUMNS
+from siglip.data.manifests import CAPTION_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Class names and prompt templates for zero-shot classification (data, not code).
 
 A template holds one `{}` that is filled with a class name. The standard lists ship as text files
-in siglip/data/, one entry per line:
+in siglip/assets/, one entry per line:
     imagenet_templates.txt   CLIP's 80 ImageNet prompt templates
     cifar_templates.txt      CLIP's 18 CIFAR-10/100 templates
     imagenet_classnames.txt  CLIP's 1000 ImageNet-1k class names, in sorted-synset order
@@ -16,10 +16,10 @@ import importlib.resources
 from pathlib import Path
 
 # The bundled demo data: scikit-learn's handwritten digits.
-DIGITS_CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+from siglip.data.digits import DIGITS_CLASSNAMES  # noqa: F401  (re-exported: the digits' class names)
 
 # Zero-shot prompts for the held-out digits: deliberately not the templates the training captions
-# were written from (siglip.digits.CAPTION_TEMPLATES).
+# were written from (siglip.data.digits.CAPTION_TEMPLATES).
 DIGITS_TEMPLATES = [
     "a picture of the number {}.",
     "an image of a handwritten {}.",
@@ -36,8 +36,8 @@ def _lines(text: str) -> list[str]:
 
 
 def bundled(name: str) -> list[str]:
-    """One of the lists in siglip/data/, e.g. `bundled("imagenet_templates")`."""
-    return _lines((importlib.resources.files("siglip") / "data" / f"{name}.txt").read_text(encoding="utf-8"))
+    """One of the lists in siglip/assets/, e.g. `bundled("imagenet_templates")`."""
+    return _lines((importlib.resources.files("siglip") / "assets" / f"{name}.txt").read_text(encoding="utf-8"))
 
 
 def read_classnames(path: str | Path) -> list[str]:

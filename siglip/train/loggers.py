@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from .config import LogConfig
+from siglip.config import LogConfig
 
 
 class ScalarSink(Protocol):

@@ -1,5 +1,5 @@
 """Training progress: `metrics.jsonl` (one JSON object per logged step) plus a tqdm bar on a
-terminal or plain log lines otherwise, and the same scalars to optional sinks (siglip.loggers:
+terminal or plain log lines otherwise, and the same scalars to optional sinks (siglip.train.loggers:
 TensorBoard, Weights & Biases)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .loggers import scalars_of
+from siglip.train.loggers import scalars_of
 
 
 class MetricsLog:

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .embed import embed_images, embed_texts
-from .eval_data import ClassificationSet
-from .evaluate import zero_shot_metrics
-from .model import SigLIP, l2_normalize
-from .tokenizer import Tokenizer
+from siglip.eval.datasets import ClassificationSet
+from siglip.eval.embed import embed_images, embed_texts
+from siglip.eval.metrics import zero_shot_metrics
+from siglip.model import SigLIP, l2_normalize
+from siglip.tokenizer import Tokenizer
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """The evaluators a config lists (`Config.evals`), run during and after training.
 
-Each `EvalConfig` names a task and a dataset; this module reads the dataset (siglip.eval_data) and
-runs the same function as the evaluation scripts (siglip.zero_shot / siglip.retrieval), so the
+Each `EvalConfig` names a task and a dataset; this module reads the dataset (siglip.eval.datasets) and
+runs the same function as the evaluation scripts (siglip.eval.zero_shot / siglip.eval.retrieval), so the
 numbers logged in training are the numbers the scripts print. Results are flat dicts like
 {"digits/acc1": 0.93, "digits/image_retrieval_recall@1": 0.12}.
 
@@ -19,13 +19,13 @@ import json
 import os
 from pathlib import Path
 
-from .config import EvalConfig
-from .eval_data import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_set, retrieval_set
-from .model import SigLIP
-from .retrieval import retrieval_outputs, retrieval_results, retrieval_scores
-from .tokenizer import Tokenizer
-from .transforms import image_transform
-from .zero_shot import zero_shot_outputs, zero_shot_results, zero_shot_scores
+from siglip.config import EvalConfig
+from siglip.eval.datasets import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_set, retrieval_set
+from siglip.eval.retrieval import retrieval_outputs, retrieval_results, retrieval_scores
+from siglip.eval.zero_shot import zero_shot_outputs, zero_shot_results, zero_shot_scores
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
+from siglip.transforms import image_transform
 
 
 def check_evals(evals: list[EvalConfig]) -> None:

@@ -1,5 +1,5 @@
-"""The sigmoid loss of SigLIP, computed tile by tile, and the softmax (CLIP / InfoNCE) loss it is
-compared with.
+"""The sigmoid loss of SigLIP computed tile by tile: the sweeps over blocks of the logit matrix and
+the single-process autograd function built on them.
 
 Conventions shared by every function here:
 - zimg (n, d) and ztxt (n, d) are L2-normalised; row i of each is the i-th pair (a positive);
@@ -7,7 +7,7 @@ Conventions shared by every function here:
 - t is the temperature itself (t = exp(t')), b the bias; both 0-d tensors.
 - Computed in float32 whatever the input dtype (the loss is sensitive to rounding under bf16).
 - With a process group (`group=...`) the embeddings are this rank's share of the global batch and
-  the loss is the one of the global batch; see `siglip/loss_distributed.py` for the convention.
+  the loss is the one of the global batch; see `siglip/loss/ring.py` for the convention.
 
 How the sigmoid loss avoids the (n, n) matrix (paper section 3.3): the loss is a sum of
 independent per-pair terms, so it is summed over tiles of the logit matrix. Because the loss is a
@@ -29,41 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NEGATIVES = ("all", "random", "hard", "easy")
-
-
-@dataclass(frozen=True)
-class NegativeSampling:
-    """Which negatives count in the sigmoid loss (paper Fig. 6); positives always count.
-
-    - `all`: every negative (the paper's loss).
-    - `random`: each negative pair (i, j) is kept with probability `ratio`, decided by a hash of
-      (seed, i, j) over GLOBAL batch indices, so the same pairs are kept whatever the tiling or the
-      number of processes. The kept fraction of a row is `ratio` in expectation, not exactly.
-    - `hard` / `easy`: per image row, the k = round(ratio * (n - 1)) negatives with the highest /
-      lowest logits (ties at the k-th value are all kept). Finding each row's k-th logit without
-      the (n, n) matrix is a radix select over the float bits: 4 extra sweeps, each one matrix
-      product per tile plus a per-row 256-bin histogram (memory n * 256 * 8 bytes). So hard/easy
-      cost about (3 + 4) / 3 of the plain loss.
-    The loss is still divided by n, the batch size, whatever the number of kept negatives.
-    """
-
-    mode: str = "all"
-    ratio: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in NEGATIVES:
-            raise ValueError(f"unknown negative sampling {self.mode!r}: choose one of {list(NEGATIVES)}")
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"negative sampling ratio must be in [0, 1], got {self.ratio}")
-
-    def keeps_all(self, n: int) -> bool:
-        return self.mode == "all" or self.ratio >= 1.0 or (self.mode != "random" and self.k(n) >= n - 1)
-
-    def k(self, n: int) -> int:
-        """Negatives kept per row by hard/easy for a global batch of n."""
-        return round(self.ratio * (n - 1))
+from siglip.loss.negatives import _M32, NegativeSampling, order_key, random_keep
 
 
 def default_tile(n_rows: int, n_cols: int) -> int:
@@ -72,35 +38,6 @@ def default_tile(n_rows: int, n_cols: int) -> int:
     the matrix products run at full speed (measured on a 2-core CPU at n = 8192, d = 768, forward
     plus backward: tile 512 took 1.7x as long as 2048, 1024 1.15x)."""
     return max(n_rows, n_cols) if max(n_rows, n_cols) <= 2048 else 2048
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-pair helpers, all driven by GLOBAL indices so tiles and ranks agree
-
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(x: Tensor) -> Tensor:
-    """murmur3's 32-bit finaliser on int64 tensors holding values in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B) & _M32
-    x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35) & _M32
-    return x ^ (x >> 16)
-
-
-def random_keep(rows: Tensor, cols: Tensor, seed: int, ratio: float) -> Tensor:
-    """(len(rows), len(cols)) bool: which pairs the `random` mode keeps. rows, cols: global int64
-    indices. A pair is kept iff its 32-bit hash is below ratio * 2^32."""
-    hr = _mix32((rows * 0x9E3779B1 + seed * 0x27D4EB2F + 1) & _M32)
-    hc = _mix32((cols * 0x165667B1 + 0x61C88647) & _M32)
-    return _mix32(hr[:, None] ^ hc[None, :]) < int(ratio * 2**32)
-
-
-def order_key(x: Tensor) -> Tensor:
-    """float32 -> int64 in [0, 2^32) with the same order (NaN aside): the radix select's keys."""
-    bits = x.view(torch.int32).to(torch.int64)
-    return torch.where(bits < 0, -1 - bits, bits + 2**31)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,7 +55,7 @@ class Block:
     gtxt: Tensor | None
 
 
-def _tile_logits(zi: Tensor, zj: Tensor, t: float, b: Tensor) -> Tensor:
+def tile_logits(zi: Tensor, zj: Tensor, t: float, b: Tensor) -> Tensor:
     # (tile_r, tile_c) = b + t * zi @ zj.T in one BLAS call; the same op in every sweep, so the
     # threshold sweeps of hard/easy see bit-identical logits to the loss sweep.
     return torch.addmm(b, zi, zj.T, alpha=t)
@@ -167,7 +104,7 @@ def block_sweep(
         for c0 in range(0, n_c, tile):
             c1 = min(c0 + tile, n_c)
             zj = ztxt[c0:c1]
-            logits = _tile_logits(zi, zj, t, b)  # (tile_r, tile_c)
+            logits = tile_logits(zi, zj, t, b)  # (tile_r, tile_c)
             # element (p, q) is a positive iff row0 + r0 + p == col0 + c0 + q: one diagonal (or none)
             offset = (row0 + r0) - (col0 + c0)
             has_pos = -(r1 - r0) < offset < (c1 - c0)
@@ -217,7 +154,7 @@ def histogram_sweep(
         base = (torch.arange(r0, r1, device=zimg.device) * 256)[:, None]
         for c0 in range(0, n_c, tile):
             c1 = min(c0 + tile, n_c)
-            key = order_key(_tile_logits(zi, ztxt[c0:c1], t, b))
+            key = order_key(tile_logits(zi, ztxt[c0:c1], t, b))
             if neg.mode == "easy":
                 key = _M32 - key
             candidate = (key >> (shift + 8)) == prefix[r0:r1, None]
@@ -238,7 +175,7 @@ def select_step(hist: Tensor, prefix: Tensor, krem: Tensor) -> tuple[Tensor, Ten
     return prefix * 256 + (255 - m), krem - before
 
 
-def _as_float_params(zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor):
+def as_float_params(zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor):
     """The inputs as float32 without autograd history (a no-op for float32 inputs)."""
     return (
         zimg.detach().float().contiguous(),
@@ -248,19 +185,19 @@ def _as_float_params(zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor):
     )
 
 
-class _BlockwiseSigmoidLoss(torch.autograd.Function):
+class BlockwiseSigmoidLoss(torch.autograd.Function):
     """Single process: the whole batch is one block. Gradients are made in forward and scaled in
     backward."""
 
     @staticmethod
     def forward(ctx, zimg, ztxt, t, b, neg: NegativeSampling, tile: int, grad_enabled: bool):
         want_grad = grad_enabled and any(ctx.needs_input_grad[:4])
-        x, y, tf, bf = _as_float_params(zimg, ztxt, t, b)
+        x, y, tf, bf = as_float_params(zimg, ztxt, t, b)
         n = x.shape[0]
         tile = tile or default_tile(n, n)
         thr = None
         if neg.mode in ("hard", "easy") and not neg.keeps_all(n):
-            thr = _row_thresholds(
+            thr = row_thresholds(
                 lambda prefix, shift: histogram_sweep(x, y, float(tf), bf, 0, 0, neg, prefix, shift, tile),
                 n,
                 n,
@@ -292,7 +229,7 @@ def scaled_grads(ctx, grad: Tensor) -> list[Tensor]:
     return [g.mul_(grad.to(g.dtype)) for g in grads]
 
 
-def _row_thresholds(
+def row_thresholds(
     sweep: Callable[[Tensor, int], Tensor], n_rows: int, n_global: int, neg: NegativeSampling, device
 ) -> Tensor:
     """(rows,) int64 key of each row's k-th kept negative, from 4 radix-select sweeps of 8 bits.
@@ -307,94 +244,8 @@ def _row_thresholds(
     return prefix
 
 
-def sigmoid_loss(
-    zimg: Tensor,
-    ztxt: Tensor,
-    t: Tensor,
-    b: Tensor,
-    *,
-    group=None,
-    negatives: str = "all",
-    ratio: float = 1.0,
-    seed: int = 0,
-    tile: int = 0,
-    method: str = "ring",
-) -> Tensor:
-    """-sum_{i,j} log sigmoid(z_ij * (t * zimg_i . ztxt_j + b)) / n, z_ij = +1 if i == j else -1.
-
-    The sum runs over all n*n pairs (or those kept by negative sampling) and is divided by n (not
-    n*n), as in the paper: about 10 at initialisation (t = 10, b = -10). Computed tile by tile
-    (`tile` = side of a tile, 0 = `default_tile`), never building the (n, n) matrix.
-
-    negatives, ratio, seed: see `NegativeSampling` (`all` = the paper's loss).
-    group: a torch.distributed process group (or `dist.group.WORLD`): the arguments are this rank's
-    local embeddings and the result is the loss of the global batch; `method` is `ring` (the
-    paper's: text blocks travel rank to rank) or `all_gather` (the reference). The returned value
-    and gradients follow the convention of `siglip.loss_distributed`, made so that DDP's gradient
-    averaging reproduces one process on the concatenated batch.
-    """
-    neg = NegativeSampling(negatives, ratio, seed)
-    with torch.autocast(zimg.device.type, enabled=False):  # float32 products even under autocast
-        if group is not None:
-            from siglip.loss_distributed import distributed_sigmoid_loss
-
-            return distributed_sigmoid_loss(zimg, ztxt, t, b, group, neg, tile, method)
-        _check_pairs(zimg, ztxt)
-        # inside forward, ctx.needs_input_grad ignores torch.no_grad(): pass the grad mode along
-        return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
-
-
-def _check_pairs(zimg: Tensor, ztxt: Tensor) -> None:
+def check_pairs(zimg: Tensor, ztxt: Tensor) -> None:
     if zimg.ndim != 2 or zimg.shape != ztxt.shape:
         raise ValueError(
             f"expected zimg and ztxt of the same shape (n, d), got {tuple(zimg.shape)} and {tuple(ztxt.shape)}"
         )
-
-
-def softmax_loss(zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor | None = None, *, group=None) -> Tensor:
-    """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropies over the batch.
-    `b` is accepted for a common signature and ignored (a softmax is invariant to it).
-    With `group`, the loss of the global batch (all-gather with gradients; same convention as the
-    distributed sigmoid loss, see `siglip.loss_distributed`)."""
-    with torch.autocast(zimg.device.type, enabled=False):  # float32 products even under autocast
-        if group is not None:
-            from siglip.loss_distributed import distributed_softmax_loss
-
-            return distributed_softmax_loss(zimg, ztxt, t, group)
-        zimg, ztxt, t = zimg.float(), ztxt.float(), t.float()
-        logits = t * (zimg @ ztxt.T)  # (n, n)
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-LOSSES = {"sigmoid": sigmoid_loss, "softmax": softmax_loss}
-
-
-def get_loss(name: str):
-    """The loss function for a config's `loss.name`."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}: choose one of {sorted(LOSSES)}")
-    return LOSSES[name]
-
-
-def loss_from_config(cfg, group=None) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
-    """`loss(zimg, ztxt, t, b)` for a `LossConfig` (name, negative sampling, tile, distributed
-    method), bound to `group` (None = one process)."""
-    fn = get_loss(cfg.name)
-    if cfg.name == "softmax":
-        if cfg.negatives != "all":
-            raise ValueError(f"loss.negatives={cfg.negatives!r} applies to the sigmoid loss only, not softmax")
-        return lambda zimg, ztxt, t, b: softmax_loss(zimg, ztxt, t, b, group=group)
-    NegativeSampling(cfg.negatives, cfg.negative_ratio, cfg.negative_seed)  # fail early on bad values
-    return lambda zimg, ztxt, t, b: fn(
-        zimg,
-        ztxt,
-        t,
-        b,
-        group=group,
-        negatives=cfg.negatives,
-        ratio=cfg.negative_ratio,
-        seed=cfg.negative_seed,
-        tile=cfg.tile,
-        method=cfg.distributed,
-    )

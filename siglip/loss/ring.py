@@ -28,15 +28,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from siglip.loss import (
-    NegativeSampling,
-    _as_float_params,
-    _BlockwiseSigmoidLoss,
-    _check_pairs,
-    _row_thresholds,
+from siglip.loss.negatives import NegativeSampling
+from siglip.loss.tiles import (
+    BlockwiseSigmoidLoss,
+    as_float_params,
     block_sweep,
+    check_pairs,
     default_tile,
     histogram_sweep,
+    row_thresholds,
     scaled_grads,
     stash_grads,
 )
@@ -83,18 +83,18 @@ def distributed_sigmoid_loss(
     zimg: Tensor, ztxt: Tensor, t: Tensor, b: Tensor, group, neg: NegativeSampling, tile: int = 0, method: str = "ring"
 ) -> Tensor:
     """The global sigmoid loss from this rank's (n, d) embeddings; see the module docstring."""
-    _check_pairs(zimg, ztxt)
+    check_pairs(zimg, ztxt)
     if method not in METHODS:
         raise ValueError(f"unknown distributed loss method {method!r}: choose one of {list(METHODS)}")
     _local_size(zimg, group)
     if dist.get_world_size(group) == 1:
-        return _BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
+        return BlockwiseSigmoidLoss.apply(zimg, ztxt, t, b, neg, tile, torch.is_grad_enabled())
     if method == "all_gather":
         all_img = all_gather_with_grad(zimg.float(), group)
         all_txt = all_gather_with_grad(ztxt.float(), group)
         # every rank computes the same full loss; the gather's backward sums the W identical
         # gradients of each rank's block, giving W * dL/dz_local as the convention says
-        return _BlockwiseSigmoidLoss.apply(all_img, all_txt, t, b, neg, tile, torch.is_grad_enabled())
+        return BlockwiseSigmoidLoss.apply(all_img, all_txt, t, b, neg, tile, torch.is_grad_enabled())
     return _RingSigmoidLoss.apply(zimg, ztxt, t, b, group, neg, tile, torch.is_grad_enabled())
 
 
@@ -138,7 +138,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zimg, ztxt, t, b, group, neg: NegativeSampling, tile: int, grad_enabled: bool):
         want_grad = grad_enabled and any(ctx.needs_input_grad[:4])
-        x, y, tf, bf = _as_float_params(zimg, ztxt, t, b)
+        x, y, tf, bf = as_float_params(zimg, ztxt, t, b)
         ring = _Ring(group)
         w, n = ring.world, x.shape[0]
         big_n = w * n
@@ -156,7 +156,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
                 ring.sweep(y, visit)
                 return hist
 
-            thr = _row_thresholds(histogram, n, big_n, neg, x.device)
+            thr = row_thresholds(histogram, n, big_n, neg, x.device)
 
         loss = torch.zeros((), dtype=torch.float64, device=x.device)
         gsum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -202,7 +202,7 @@ def distributed_softmax_loss(zimg: Tensor, ztxt: Tensor, t: Tensor, group) -> Te
     """CLIP's symmetric InfoNCE over the global batch, from this rank's (n, d) embeddings; the
     convention of the module docstring. Each rank computes the rows of its own images (against all
     N texts) and of its own texts (against all N images): memory O(n N), not O(N^2)."""
-    _check_pairs(zimg, ztxt)
+    check_pairs(zimg, ztxt)
     n = _local_size(zimg, group)
     w, rank = dist.get_world_size(group), dist.get_rank(group)
     big_n = w * n

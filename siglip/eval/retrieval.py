@@ -2,7 +2,7 @@
 
 Protocol (SPEC section 7): every caption of an image counts. Text -> image: each caption is a query
 over all images. Image -> text: each image is a query over all captions, a hit at k when ANY of its
-captions is in the top k. Metrics and the tie rule: siglip.evaluate.retrieval_metrics.
+captions is in the top k. Metrics and the tie rule: siglip.eval.metrics.retrieval_metrics.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .embed import embed_images, embed_texts
-from .eval_data import RetrievalSet
-from .evaluate import retrieval_metrics
-from .model import SigLIP
-from .tokenizer import Tokenizer
+from siglip.eval.datasets import RetrievalSet
+from siglip.eval.embed import embed_images, embed_texts
+from siglip.eval.metrics import retrieval_metrics
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
 
 
 def retrieval_scores(

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .distributed import no_sync
+from siglip.distributed import no_sync
 
 LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (zimg, ztxt, t, b) -> scalar loss
 

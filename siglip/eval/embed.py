@@ -1,7 +1,7 @@
 """Batched embedding of an evaluation set's images and texts, under inference mode.
 
 Images are decoded and resized in DataLoader workers. An image that cannot be read gets a zero row
-and `False` in the returned mask: the metrics count it as a miss (see siglip.evaluate), never drop it.
+and `False` in the returned mask: the metrics count it as a miss (see siglip.eval.metrics), never drop it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data import load_image
-from .model import SigLIP
-from .tokenizer import Tokenizer
+from siglip.data.manifests import load_image
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,166 @@
+"""Training pairs from disk: manifests (CSV/TSV/JSONL) and caption folders, resolved from `--data-path`.
+
+`--data-path` decides by what is on disk:
+- a file ending .csv / .tsv / .jsonl: a manifest, one image path and one caption per row (columns
+  found among common names or named in the config); relative paths resolve against its folder;
+- a folder: every image in it (recursively) with a same-named `.txt` caption beside it;
+- `digits`: the bundled demo data (see `siglip.data.digits`);
+- tar shards (`'/data/{00000..00099}.tar'`): streamed by `siglip.data.webdataset`, not listed here.
+
+A corrupt or missing image is skipped and counted (batches carry the count); a malformed manifest
+row is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "file_name", "filename", "img", "path")
+CAPTION_COLUMNS = ("caption", "text", "title", "sentence", "raw", "txt", "label")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl")
+
+Pair = tuple[str, str]  # (image path, caption)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read: the message names the file and line."""
+
+
+def _pick_column(names: list[str], wanted: str, candidates: tuple[str, ...], what: str, path: Path) -> str:
+    if wanted:
+        if wanted not in names:
+            raise ManifestError(f"{path}: no {what} column {wanted!r}; columns are {names}")
+        return wanted
+    lower = {n.lower(): n for n in names}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    raise ManifestError(
+        f"{path}: cannot find the {what} column among {names}; name it with "
+        f"--config.data.{'image' if what == 'image' else 'caption'}_column=NAME (looked for {list(candidates)})"
+    )
+
+
+def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterator[tuple[int, object, object]]:
+    """(line number, image, caption) per non-empty line of a JSONL manifest."""
+    img_col = cap_col = None
+    for line_no, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        if img_col is None:
+            img_col = _pick_column(list(row), image_column, IMAGE_COLUMNS, "image", path)
+            cap_col = _pick_column(list(row), caption_column, CAPTION_COLUMNS, "caption", path)
+        if img_col not in row or cap_col not in row:
+            raise ManifestError(f"{path}:{line_no}: missing key {img_col!r} or {cap_col!r}")
+        yield line_no, row[img_col], row[cap_col]
+
+
+def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, image, caption) per non-empty row of a CSV/TSV manifest with a header row."""
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ManifestError(f"{path}: empty manifest (a header row is needed)") from None
+    img_i = header.index(_pick_column(header, image_column, IMAGE_COLUMNS, "image", path))
+    cap_i = header.index(_pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path))
+    try:
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise ManifestError(
+                    f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)} "
+                    "(a caption with the delimiter in it must be quoted)"
+                )
+            yield reader.line_num, row[img_i], row[cap_i]
+    except csv.Error as e:
+        raise ManifestError(f"{path}:{reader.line_num}: {e}") from None
+
+
+def read_manifest(path: str | Path, image_column: str = "", caption_column: str = "") -> list[Pair]:
+    """Rows of a CSV/TSV (with a header row) or JSONL manifest as (absolute image path, caption)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    root = path.resolve().parent
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_EXTENSIONS:
+        raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
+    pairs: list[Pair] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        if suffix == ".jsonl":
+            rows = _jsonl_rows(f, path, image_column, caption_column)
+        else:
+            rows = _csv_rows(f, path, "\t" if suffix == ".tsv" else ",", image_column, caption_column)
+        for line_no, image, caption in rows:
+            if not isinstance(image, str) or not image.strip():
+                raise ManifestError(f"{path}:{line_no}: empty or missing image path")
+            if not isinstance(caption, str):
+                raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
+            image_path = Path(image.strip())
+            pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
+    if not pairs:
+        raise ManifestError(f"{path}: no rows")
+    return pairs
+
+
+def read_caption_folder(root: str | Path) -> list[Pair]:
+    """Every image under `root` with a same-named .txt file beside it (`a/b.jpg` + `a/b.txt`).
+    Images without a caption file are skipped and counted in the log."""
+    root = Path(root)
+    pairs: list[Pair] = []
+    missing = 0
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            txt = p.with_suffix(".txt")
+            if txt.is_file():
+                pairs.append((str(p), txt.read_text(encoding="utf-8").strip()))
+            else:
+                missing += 1
+    if missing:
+        log.warning("%s: %d images have no .txt caption beside them and are skipped", root, missing)
+    if not pairs:
+        raise FileNotFoundError(f"{root}: no images with same-named .txt captions found")
+    return pairs
+
+
+def find_pairs(data_path: str, image_column: str = "", caption_column: str = "", digits_root: str = "") -> list[Pair]:
+    """Resolve `--data-path` to pairs, deciding by what is on disk."""
+    if not data_path:
+        raise ValueError("no training data: pass --data-path (a manifest, a caption folder, or 'digits')")
+    if data_path == "digits":
+        from siglip.data.digits import ensure_digits
+
+        return read_manifest(ensure_digits(digits_root or "data/digits") / "train.csv")
+    p = Path(data_path)
+    if p.is_dir():
+        return read_caption_folder(p)
+    if p.is_file():
+        return read_manifest(p, image_column, caption_column)
+    raise FileNotFoundError(
+        f"--data-path {data_path}: no such file or folder (expected a .csv/.tsv/.jsonl manifest, "
+        "a folder of images with .txt captions, webdataset shards like 'dir/{00000..00099}.tar', or 'digits')"
+    )
+
+
+def load_image(path: str) -> Image.Image:
+    """Open and fully decode (so truncated files fail here, not later)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.copy() if img.mode in ("RGB", "L") else img.convert("RGB")

@@ -1,0 +1,13 @@
+"""Checkpoints of other toolkits in and out. Every reader returns one typed payload
+(`siglip.checkpoint.Payload`: model config, state dict in OUR parameter names, tokenizer,
+preprocessing), so training and use downstream never know where a model came from. One module per
+format: Hugging Face `SiglipModel` (`hf.py`, also the export), open_clip (`open_clip.py`), big_vision
+.npz (`big_vision.py`); key maps are data (`rules.py`) read in both directions; files are read
+without running pickled code (`tensors.py`); `detect.py` tells the formats apart by content.
+`python -m siglip.interop SRC DST --to {siglip,hf}` converts (`python -m siglip.convert` too).
+"""
+
+from siglip.interop.detect import load, load_into, load_payload, load_pretrained
+from siglip.interop.hf import to_hf
+
+__all__ = ["load", "load_into", "load_payload", "load_pretrained", "to_hf"]

@@ -1,0 +1,293 @@
+"""Hugging Face `SiglipModel` folders (and bare weights files, whole model or one tower) in, and our
+model out as a folder that `SiglipModel.from_pretrained` and `SiglipProcessor.from_pretrained` read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from siglip.checkpoint import Payload, tokenizer_from_payload
+from siglip.config import ModelConfig, TowerConfig, model_config_from_dict
+from siglip.interop.rules import Rule, apply_rules, torch_modules, unapply_rules
+from siglip.interop.tensors import IGNORED, find_tokenizer, heads_for, make_payload, model_shapes, read_tensors
+from siglip.tokenizer import Tokenizer
+
+# Our module -> theirs inside one encoder block.
+HF_BLOCK = {
+    "norm1": "layer_norm1",
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.out": "self_attn.out_proj",
+    "norm2": "layer_norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+# The MAP head: our image.head.* -> theirs.
+HF_MAP = {
+    ("attn.q", "attn.k", "attn.v"): "attention.in_proj_",
+    "attn.out": "attention.out_proj",
+    "norm": "layernorm",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def hf_rules(cfg: ModelConfig, towers: tuple[str, ...] = ("image", "text")) -> list[Rule]:
+    """Hugging Face SiglipModel names (SPEC section 3)."""
+    r: list[Rule] = []
+    if "image" in towers:
+        v = "vision_model"
+        r += torch_modules("image", f"{v}.embeddings", {"patch_embed": "patch_embedding"})
+        r.append(Rule(("image.pos_embed",), f"{v}.embeddings.position_embedding.weight"))
+        for i in range(cfg.image.depth):
+            r += torch_modules(f"image.encoder.blocks.{i}", f"{v}.encoder.layers.{i}", HF_BLOCK)
+        r += torch_modules("image.encoder", v, {"norm": "post_layernorm"})
+        r.append(Rule(("image.head.probe",), f"{v}.head.probe"))
+        r += torch_modules("image.head", f"{v}.head", HF_MAP)
+    if "text" in towers:
+        t = "text_model"
+        r.append(Rule(("text.token_embed.weight",), f"{t}.embeddings.token_embedding.weight"))
+        r.append(Rule(("text.pos_embed",), f"{t}.embeddings.position_embedding.weight"))
+        for i in range(cfg.text.depth):
+            r += torch_modules(f"text.encoder.blocks.{i}", f"{t}.encoder.layers.{i}", HF_BLOCK)
+        r += torch_modules("text.encoder", t, {"norm": "final_layer_norm"})
+        if cfg.text_head:
+            r += torch_modules("text", t, {"head": "head"})
+    if len(towers) == 2:
+        r += [Rule(("t_prime",), "logit_scale"), Rule(("b",), "logit_bias")]
+    return r
+
+
+GELU = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "exact"}
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _hf_gelu(acts: set[str], where: str) -> str:
+    gelus = {GELU.get(a) for a in acts}
+    if None in gelus or len(gelus) != 1:
+        raise ValueError(f"{where}: activations {sorted(acts)} not supported (one of {sorted(GELU)} for both towers)")
+    return gelus.pop()
+
+
+def hf_config(cfg_json: dict, where: str) -> ModelConfig:
+    """ModelConfig from a SiglipModel config.json."""
+    if cfg_json.get("model_type") != "siglip":
+        raise ValueError(f"{where}: model_type {cfg_json.get('model_type')!r}, expected 'siglip'")
+    v, t = cfg_json.get("vision_config", {}), cfg_json.get("text_config", {})
+    if not v.get("vision_use_head", True):
+        raise ValueError(f"{where}: vision_use_head=false (no MAP head) is not a SigLIP image tower")
+    tower = lambda c: TowerConfig(
+        c.get("hidden_size", 768),
+        c.get("num_hidden_layers", 12),
+        c.get("intermediate_size", 3072),
+        c.get("num_attention_heads", 12),
+    )
+    image, text = tower(v), tower(t)
+    proj = t.get("projection_size") or text.width
+    return ModelConfig(
+        variant="hf",
+        image=image,
+        text=text,
+        image_size=int(v.get("image_size", 224)),
+        patch_size=int(v.get("patch_size", 16)),
+        text_length=int(t.get("max_position_embeddings", 64)),
+        vocab_size=int(t.get("vocab_size", 32000)),
+        embed_dim=0 if proj == image.width else proj,
+        text_head=True,
+        gelu=_hf_gelu({v.get("hidden_act", "gelu_pytorch_tanh"), t.get("hidden_act", "gelu_pytorch_tanh")}, where),
+    )
+
+
+def _hf_resample(folder: Path, image_size: int) -> str:
+    p = folder / "preprocessor_config.json"
+    if not p.is_file():
+        return "bicubic"
+    pre = json.loads(p.read_text())
+    for key in ("image_mean", "image_std"):
+        if key in pre and any(abs(x - 0.5) > 1e-6 for x in pre[key]):
+            raise ValueError(f"{p}: {key}={pre[key]}; this toolkit normalises with 0.5 (pixels in [-1, 1])")
+    size = pre.get("size", {})
+    if isinstance(size, dict) and size.get("height", image_size) != image_size:
+        raise ValueError(f"{p}: size {size} differs from the model's image_size {image_size}")
+    resample = pre.get("resample", 3)
+    if resample not in PIL_RESAMPLE:
+        raise ValueError(f"{p}: resample {resample} not supported (0, 2 or 3)")
+    return PIL_RESAMPLE[resample]
+
+
+def _hf_weights(folder: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: Hugging Face folder without model.safetensors or pytorch_model.bin")
+
+
+def _add_tower_prefix(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """Standalone tower files: add vision_model./text_model. where it is missing."""
+    if "embeddings.patch_embedding.weight" in state:
+        return {f"vision_model.{k}": v for k, v in state.items()}, ("image",)
+    if "embeddings.token_embedding.weight" in state:
+        return {f"text_model.{k}": v for k, v in state.items()}, ("text",)
+    towers = tuple(
+        t for t, p in (("image", "vision_model."), ("text", "text_model.")) if any(k.startswith(p) for k in state)
+    )
+    return state, towers
+
+
+def _hf_config_from_shapes(
+    state: dict[str, Tensor], towers: tuple[str, ...], where: str, tower_json: dict | None = None
+) -> ModelConfig:
+    """A tower file: sizes from the tensors; heads and activation from the tower's config.json
+    (SiglipVisionModel / SiglipTextModel) when there is one, else the size table and tanh GELU."""
+    tower_json = tower_json or {}
+
+    def tower(prefix: str) -> TowerConfig:
+        depth = len({k.split(".")[3] for k in state if k.startswith(f"{prefix}.encoder.layers.")})
+        fc1 = state[f"{prefix}.encoder.layers.0.mlp.fc1.weight"]
+        heads = tower_json.get("num_attention_heads") or heads_for(fc1.shape[1], where)
+        return TowerConfig(fc1.shape[1], depth, fc1.shape[0], heads)
+
+    cfg = ModelConfig(variant="hf", gelu=_hf_gelu({tower_json.get("hidden_act", "gelu_pytorch_tanh")}, where))
+    if "image" in towers:
+        cfg.image = cfg.text = tower("vision_model")
+        patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
+        n = state["vision_model.embeddings.position_embedding.weight"].shape[0]
+        cfg.patch_size, cfg.image_size = patch, round(n**0.5) * patch
+    if "text" in towers:
+        cfg.text = tower("text_model")
+        if "image" not in towers:
+            cfg.image = cfg.text
+        cfg.text_length, cfg.vocab_size = (
+            state["text_model.embeddings.position_embedding.weight"].shape[0],
+            state["text_model.embeddings.token_embedding.weight"].shape[0],
+        )
+        cfg.text_head = "text_model.head.weight" in state
+        if cfg.text_head:
+            cfg.embed_dim = state["text_model.head.weight"].shape[0]
+    return cfg
+
+
+def read_hf(path: Path, tokenizer: str | Path | None = None) -> Payload:
+    """A SiglipModel folder, or a bare Hugging Face weights file (full model or one tower)."""
+    folder = path if path.is_dir() else path.parent
+    weights = _hf_weights(path) if path.is_dir() else path
+    state = {k: v for k, v in read_tensors(weights).items() if not IGNORED.search(k)}
+    state, towers = _add_tower_prefix(state)
+    cfg_path = folder / "config.json"
+    cfg_json = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+    if cfg_json is not None and cfg_json.get("model_type") == "siglip":
+        cfg = hf_config(cfg_json, str(cfg_path))
+        cfg.text_head = "text_model.head.weight" in state or "text" not in towers
+    else:
+        tower_types = ("siglip_vision_model", "siglip_text_model")
+        tower_json = cfg_json if cfg_json is not None and cfg_json.get("model_type") in tower_types else None
+        cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
+    rules = hf_rules(cfg, towers)
+    sd = apply_rules(rules, state, model_shapes(cfg), str(weights))
+    proto = find_tokenizer(folder, tokenizer) if "text" in towers or tokenizer else b""
+    partial = "" if len(towers) == 2 else towers[0]
+    return make_payload(cfg, sd, proto, _hf_resample(folder, cfg.image_size), partial)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export to a Hugging Face SiglipModel folder: the inverse of the same rules
+
+
+def _hf_shape(rule: Rule, x: Tensor) -> tuple[int, ...] | None:
+    """Where HF stores a tensor in another shape than ours: (N, D) position tables, (1,) scalars."""
+    if rule.theirs.endswith("position_embedding.weight"):
+        return tuple(x.shape[-2:])
+    if rule.theirs.startswith("logit_"):
+        return (1,)
+    return None
+
+
+def hf_state(payload: Payload) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Our payload -> (config as exported, SiglipModel state dict)."""
+    if payload.get("partial"):
+        raise ValueError(f"a standalone {payload['partial']} tower cannot be exported as a SiglipModel")
+    cfg = model_config_from_dict(payload["model_config"])
+    ours = dict(payload["state_dict"])
+    if not cfg.text_head:  # SiglipModel always has a text head: an identity one is exact
+        ours["text.head.weight"] = torch.eye(cfg.text.width)
+        ours["text.head.bias"] = torch.zeros(cfg.text.width)
+        cfg.text_head = True
+    if cfg.out_dim != cfg.image.width:
+        raise ValueError(f"text head size {cfg.out_dim} != image width {cfg.image.width}: not a SiglipModel")
+    return cfg, unapply_rules(hf_rules(cfg), ours, _hf_shape)
+
+
+def hf_config_json(cfg: ModelConfig) -> dict:
+    """config.json of a SiglipModel with our sizes."""
+    act = "gelu_pytorch_tanh" if cfg.gelu == "tanh" else "gelu"
+    tower = lambda c: {
+        "hidden_size": c.width,
+        "num_hidden_layers": c.depth,
+        "intermediate_size": c.mlp_dim,
+        "num_attention_heads": c.heads,
+        "hidden_act": act,
+        "layer_norm_eps": 1e-6,
+    }
+    text = {"model_type": "siglip_text_model", "max_position_embeddings": cfg.text_length}
+    text.update(vocab_size=cfg.vocab_size, projection_size=cfg.out_dim)
+    vision = {"model_type": "siglip_vision_model", "image_size": cfg.image_size, "patch_size": cfg.patch_size}
+    return {
+        "architectures": ["SiglipModel"],
+        "model_type": "siglip",
+        "text_config": {**tower(cfg.text), **text},
+        "vision_config": {**tower(cfg.image), **vision, "num_channels": 3},
+    }
+
+
+def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
+    """spiece.model and the SiglipTokenizer configs (SigLIP pads with EOS)."""
+    eos, unk = tok.sp.id_to_piece(tok.eos_id), tok.sp.id_to_piece(max(tok.sp.unk_id(), 0))
+    tok_cfg = {
+        "tokenizer_class": "SiglipTokenizer",
+        "model_max_length": tok.length,
+        "do_lower_case": True,
+        "eos_token": eos,
+        "pad_token": eos,
+        "unk_token": unk,
+    }
+    special = {k: tok_cfg[k] for k in ("eos_token", "pad_token", "unk_token")}
+    return {
+        "spiece.model": tok.proto,
+        "tokenizer_config.json": json.dumps(tok_cfg, indent=2).encode(),
+        "special_tokens_map.json": json.dumps(special).encode(),
+    }
+
+
+def hf_preprocessor_json(preprocess: dict) -> dict:
+    size = int(preprocess["image_size"])
+    return {
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "SiglipProcessor",
+        "do_resize": True,
+        "size": {"height": size, "width": size},
+        "resample": {v: k for k, v in PIL_RESAMPLE.items()}[preprocess["resample"]],
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+
+
+def to_hf(payload: Payload, dst: str | Path) -> None:
+    """Write config.json, model.safetensors, spiece.model and the tokenizer/processor configs that
+    `SiglipModel.from_pretrained` and `SiglipProcessor.from_pretrained` read."""
+    from safetensors.torch import save_file
+
+    cfg, theirs = hf_state(payload)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(theirs, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text(json.dumps(hf_config_json(cfg), indent=2))
+    for name, data in hf_tokenizer_files(tokenizer_from_payload(payload)).items():
+        (dst / name).write_bytes(data)
+    (dst / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_json(payload["preprocess"]), indent=2))

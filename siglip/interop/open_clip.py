@@ -1,0 +1,107 @@
+"""open_clip SigLIP checkpoints: a timm ViT image tower (`visual.trunk.*`) and open_clip's text
+transformer (`text.*`). Sizes come from the tensors, heads from `open_clip_config.json` when present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import Tensor
+
+from siglip.checkpoint import Payload
+from siglip.config import ModelConfig, TowerConfig
+from siglip.interop.rules import Rule, apply_rules, torch_modules
+from siglip.interop.tensors import find_tokenizer, heads_for, make_payload, model_shapes
+
+# Our module -> theirs inside one encoder block. A tuple on our side is a fused projection.
+TIMM_BLOCK = {
+    "norm1": "norm1",
+    ("attn.q", "attn.k", "attn.v"): "attn.qkv",
+    "attn.out": "attn.proj",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+OPEN_CLIP_TEXT_BLOCK = {
+    "norm1": "ln_1",
+    ("attn.q", "attn.k", "attn.v"): "attn.in_proj_",  # in_proj_weight, in_proj_bias
+    "attn.out": "attn.out_proj",
+    "norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+# The MAP head: our image.head.* -> timm's attn_pool.
+TIMM_MAP = {
+    "attn.q": "q",
+    ("attn.k", "attn.v"): "kv",
+    "attn.out": "proj",
+    "norm": "norm",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def open_clip_rules(cfg: ModelConfig) -> list[Rule]:
+    """open_clip SigLIP: timm ViT (visual.trunk) + open_clip TextTransformer (text)."""
+    v = "visual.trunk"
+    r = torch_modules("image", v, {"patch_embed": "patch_embed.proj"})
+    r.append(Rule(("image.pos_embed",), f"{v}.pos_embed"))
+    for i in range(cfg.image.depth):
+        r += torch_modules(f"image.encoder.blocks.{i}", f"{v}.blocks.{i}", TIMM_BLOCK)
+    r += torch_modules("image.encoder", v, {"norm": "norm"})
+    r.append(Rule(("image.head.probe",), f"{v}.attn_pool.latent"))
+    r += torch_modules("image.head", f"{v}.attn_pool", TIMM_MAP)
+    r.append(Rule(("text.token_embed.weight",), "text.token_embedding.weight"))
+    r.append(Rule(("text.pos_embed",), "text.positional_embedding"))
+    for i in range(cfg.text.depth):
+        r += torch_modules(f"text.encoder.blocks.{i}", f"text.transformer.resblocks.{i}", OPEN_CLIP_TEXT_BLOCK)
+    r += torch_modules("text.encoder", "text", {"norm": "ln_final"})
+    if cfg.text_head:
+        r += torch_modules("text", "text", {"head": "text_projection"})
+    return r + [Rule(("t_prime",), "logit_scale"), Rule(("b",), "logit_bias")]
+
+
+def open_clip_config(state: dict[str, Tensor], where: Path) -> ModelConfig:
+    """Sizes from the tensors; heads from open_clip_config.json beside the file when present (text
+    heads are written there), else from the size table. open_clip's towers use exact (erf) GELU."""
+    v = "visual.trunk"
+    count = lambda p: len({k[len(p) :].split(".")[0] for k in state if k.startswith(p)})
+    img_w, text_w = state[f"{v}.pos_embed"].shape[-1], state["text.positional_embedding"].shape[-1]
+    text_heads = None
+    cfg_file = (where if where.is_dir() else where.parent) / "open_clip_config.json"
+    if cfg_file.is_file():
+        text_heads = json.loads(cfg_file.read_text()).get("model_cfg", {}).get("text_cfg", {}).get("heads")
+    patch = state[f"{v}.patch_embed.proj.weight"].shape[-1]
+    n = state[f"{v}.pos_embed"].shape[1]
+    head = state.get("text.text_projection.weight")
+    return ModelConfig(
+        variant="open_clip",
+        image=TowerConfig(
+            img_w, count(f"{v}.blocks."), state[f"{v}.blocks.0.mlp.fc1.weight"].shape[0], heads_for(img_w, str(where))
+        ),
+        text=TowerConfig(
+            text_w,
+            count("text.transformer.resblocks."),
+            state["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            text_heads or heads_for(text_w, str(where)),
+        ),
+        image_size=round(n**0.5) * patch,
+        patch_size=patch,
+        text_length=state["text.positional_embedding"].shape[0],
+        vocab_size=state["text.token_embedding.weight"].shape[0],
+        embed_dim=0 if head is None or head.shape[0] == img_w else head.shape[0],
+        text_head=head is not None,
+        gelu="exact",
+    )
+
+
+def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path | None) -> Payload:
+    if "text.text_projection" in state:
+        raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
+    cfg = open_clip_config(state, path)
+    sd = apply_rules(open_clip_rules(cfg), state, model_shapes(cfg), str(path))
+    resample = "bicubic"
+    cfg_file = (path if path.is_dir() else path.parent) / "open_clip_config.json"
+    if cfg_file.is_file():
+        resample = json.loads(cfg_file.read_text()).get("preprocess_cfg", {}).get("interpolation", "bicubic")
+    return make_payload(cfg, sd, find_tokenizer(path, tokenizer), resample)

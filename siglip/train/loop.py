@@ -1,0 +1,140 @@
+"""The steps of the training loop: one optimizer step on a batch, the logged record of a step,
+resumable checkpoints, and the evaluations due at a step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from siglip.checkpoint import save_train_state
+from siglip.config import Config, to_dict
+from siglip.distributed import (
+    Runtime,
+    barrier,
+    clip_grad_norm,
+    common_batch_size,
+    full_model_state,
+    full_optimizer_state,
+    sum_over_ranks,
+    sync_replicated_grads,
+)
+from siglip.eval.evaluators import run_evals
+from siglip.model import SigLIP
+from siglip.tokenizer import Tokenizer
+from siglip.train.accumulate import forward_backward
+
+
+class Meter:
+    """Pairs trained and images skipped since the last logged step, over all ranks."""
+
+    def __init__(self, rt: Runtime):
+        self.rt, self.seen, self.skipped, self.t_last = rt, 0, 0, time.perf_counter()
+        self.grad_norm: Tensor | None = None  # of the last step, before clipping (when optim.grad_clip > 0)
+
+    def record(self, step: int, loss: Tensor, lr: float, model: SigLIP) -> dict:
+        """The metrics.jsonl record of this step (the only place the loss is read to the host)."""
+        now = time.perf_counter()
+        out = {
+            "step": step,
+            "loss": loss.item(),
+            "lr": lr,
+            "t": model.t.item(),
+            "b": model.b.item(),
+            "images_per_s": self.seen / (now - self.t_last),
+            "skipped": int(sum_over_ranks(self.skipped, self.rt)),
+        }
+        if self.grad_norm is not None:
+            out["grad_norm"] = self.grad_norm.item()
+        self.seen, self.t_last = 0, now
+        return out
+
+
+def train_step(
+    batch: dict,
+    forward: Callable,
+    model: SigLIP,
+    compute_loss: Callable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    cfg: Config,
+    rt: Runtime,
+    autocast: Callable,
+    meter: Meter,
+) -> Tensor | None:
+    """One optimizer step on this rank's share of a global batch; None when no rank has a readable
+    image left (the step is not taken). Ranks trim to a common size so their shares stay equal."""
+    pixels = batch["pixels"]
+    n = common_batch_size(0 if pixels is None else pixels.shape[0], rt)
+    meter.skipped += batch["skipped"] + (0 if pixels is None else pixels.shape[0] - n)
+    if n == 0:
+        return None
+    pixels = pixels[:n].to(rt.device, non_blocking=True)
+    ids = batch["ids"][:n].to(rt.device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    loss = forward_backward(forward, model, pixels, ids, compute_loss, cfg.train.micro_batch_size, autocast)
+    sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
+    if cfg.optim.grad_clip > 0:
+        meter.grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt)
+    optimizer.step()
+    scheduler.step()
+    meter.seen += n * rt.world_size
+    return loss
+
+
+def save_checkpoint(
+    path: Path, model: SigLIP, optimizer, scheduler, tokenizer: Tokenizer, cfg: Config, step: int, rt: Runtime
+) -> None:
+    """Whole (gathered) model and optimizer state, written atomically by rank 0: resumes under any
+    strategy and world size."""
+    model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
+    if rt.is_main:
+        save_train_state(
+            path,
+            model,
+            tokenizer,
+            cfg.data.resample,
+            optimizer,
+            scheduler,
+            step,
+            to_dict(cfg),
+            model_state=model_state,
+            optimizer_state=optimizer_state,
+        )
+    barrier(rt)
+
+
+def evals_due(cfg: Config, step: int, total_steps: int) -> bool:
+    """Periodic evaluations at this step (the final one runs after training)."""
+    return bool(cfg.evals) and step < total_steps and any(e.every and step % e.every == 0 for e in cfg.evals)
+
+
+def evaluate(
+    cfg: Config,
+    model: SigLIP,
+    tokenizer: Tokenizer,
+    step: int | None,
+    outputs_dir: Path | None = None,
+    final_step: int = 0,
+) -> dict[str, float]:
+    """Every evaluator of the config due at `step` (all when None, the end of training at
+    `final_step`). Every rank calls it; with `outputs_dir` (rank 0, the final evaluation) each
+    evaluator's per-example outputs are written there for reports."""
+    d = cfg.data
+    bf16 = cfg.train.precision == "bf16"
+    return run_evals(
+        cfg.evals,
+        model,
+        tokenizer,
+        cfg.model.image_size,
+        d.resample,
+        d.digits_root,
+        d.num_workers,
+        bf16,
+        step,
+        outputs_dir,
+        final_step,
+    )
