@@ -7,6 +7,6 @@ sweep.py trains one run per setting of an experiments/ script and tables the res
 sends the metrics.jsonl scalars to TensorBoard or Weights & Biases when the config asks for it.
 """
 
-from .runs import Run, RunError, load_run
+from siglip.report.runs import Run, RunError, load_run
 
 __all__ = ["Run", "RunError", "load_run"]

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .runs import RunError, load_run, unique_names
+from siglip.report.runs import RunError, load_run, unique_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(p) for p in args.runs]
     try:
         runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
-        from .html import build_report
+        from siglip.report.html import build_report
 
         page, drawn = build_report(runs, args.title or ", ".join(r.name for r in runs))
     except (RunError, ImportError) as e:

@@ -10,8 +10,8 @@ import html
 import io
 from pathlib import Path
 
-from . import plots
-from .runs import Run, flatten
+from siglip.report import plots
+from siglip.report.runs import Run, flatten
 
 # (metrics.jsonl key, title, y label, log scale): the training curves, in page order
 CURVES = (

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import read_metrics
+from siglip.report.runs import read_metrics
 
 TRAIN_COLUMNS = ("loss", "t", "b")  # the last logged value of each, beside the final evaluation
 
