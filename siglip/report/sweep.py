@@ -46,6 +46,7 @@ def sweep_arguments(description: str, example: str) -> argparse.ArgumentParser:
     parser.add_argument("--results-dir", default="", help="CSV, PNG and command go here (default: experiments/results)")
     parser.add_argument("--tiny", action="store_true", help="2 settings, 3 steps, 1 block per tower: a smoke test")
     parser.add_argument("--fresh", action="store_true", help="retrain settings whose runs already finished")
+    parser.add_argument("--only", default="", help="train and table only the settings whose name contains this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     return parser
@@ -125,6 +126,7 @@ def run_sweep(
     results.mkdir(parents=True, exist_ok=True)
     base = [f"--data-path={args.data_path}", f"--config.train.seed={args.seed}"]
     base += [f"--config.{kv}" for kv in args.config] + extra + (tiny_args() if args.tiny else [])
+    settings = [s for s in settings if args.only in s.name]  # --only: e.g. one half on another machine
     rows = []
     for i, setting in enumerate(settings):
         run_dir = Path(args.runs_dir).resolve() / name / setting.name
