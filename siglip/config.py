@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from siglip.train.loggers import LogConfig  # the `log` section lives with the sinks it configures
+
 # --------------------------------------------------------------------------------------------------
 # Model sizes: one table (width, depth, mlp_dim, heads). The image and text towers of the released
 # SigLIP models have the same size; `patch` in the variant name is the image patch size.
@@ -185,12 +187,6 @@ class TrainConfig:
 
 
 @dataclass
-class LogConfig:  # copies of the metrics.jsonl scalars (siglip.train.loggers); each needs its extra
-    tensorboard: bool = False  # events under OUTPUT_DIR/tensorboard
-    wandb: str = ""  # a W&B project; offline unless WANDB_MODE is set or an API key is configured
-
-
-@dataclass
 class Config:
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_variant("B/16"))
     data: DataConfig = field(default_factory=DataConfig)
@@ -302,8 +298,7 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
     d["image"] = TowerConfig(**d["image"])
     d["text"] = TowerConfig(**d["text"])
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(d) - known
+    unknown = set(d) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise KeyError(f"model config has unknown keys {sorted(unknown)}")
     return ModelConfig(**d)

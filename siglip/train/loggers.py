@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import numbers
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from siglip.config import LogConfig
+
+@dataclass
+class LogConfig:
+    """`Config.log`: where else the metrics.jsonl scalars go; each sink needs its extra installed."""
+
+    tensorboard: bool = False  # events under OUTPUT_DIR/tensorboard
+    wandb: str = ""  # a W&B project; offline unless WANDB_MODE is set or an API key is configured
 
 
 class ScalarSink(Protocol):
