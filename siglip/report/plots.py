@@ -87,7 +87,7 @@ def sweep(
     """One panel per metric: the metric against column `x`, one line per value of column `group`
     (or a single line). Values are read as floats where they parse; else x is categorical."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False, layout="constrained")
     groups = list(dict.fromkeys(str(r[group]) for r in rows)) if group else [""]
     xs = list(dict.fromkeys(str(r[x]) for r in rows))
     numeric = all(_is_number(v) for v in xs)
