@@ -7,16 +7,22 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-slow lint format clean
 
+# the demo needs the runtime dependencies and scikit-learn's digits only (no peers, no test tools)
+$(VENV)/.demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers,report,tensorboard]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.demo
 	$(PY) training/train.py --config configs/demo_config.py --output-dir runs/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

@@ -48,3 +48,10 @@ def image_transform(
         steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     steps += [T.ToTensor(), T.Normalize(mean=[0.5] * 3, std=[0.5] * 3)]
     return T.Compose(steps)
+
+
+def checkpoint_transform(preprocess: dict) -> Callable[[Image.Image], Tensor]:
+    """A checkpoint's own evaluation preprocessing, from its payload's `preprocess` entry
+    ({"image_size": S, "resample": "bicubic" | "bilinear" | "nearest"}): the one place where what a
+    model file says becomes a transform (`siglip.load` and the `siglip` command use it)."""
+    return image_transform(int(preprocess["image_size"]), preprocess.get("resample", "bicubic"))

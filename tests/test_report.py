@@ -59,6 +59,10 @@ def test_empty_or_missing_metrics_is_a_clear_error(tmp_path, capsys):
         load_run(tmp_path / "empty")
     assert report_main([str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]) == 2
     assert "metrics.jsonl: empty" in capsys.readouterr().err
+    from siglip.cli import main as siglip_main  # `siglip report` is the same command
+
+    assert siglip_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "metrics.jsonl: empty" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
     bad = write_run(tmp_path / "bad", [train_row(1)])
     with open(bad / "metrics.jsonl", "a") as f:

@@ -19,6 +19,7 @@ FAST = [
     "--config.model.image_size=16",
     "--config.train.log_every=1",
     "--config.data.num_workers=1",
+    "--config.optim.warmup_steps=2",  # no longer than these short runs (validate refuses more)
     "--batch-size",
     "32",
 ]

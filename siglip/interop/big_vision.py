@@ -114,11 +114,13 @@ def big_vision_config(arrays: dict[str, Tensor], where: str) -> ModelConfig:
     )
 
 
-def read_big_vision(path: Path, tokenizer: str | Path | None) -> Payload:
+def read_big_vision(path: Path, tokenizer: str | Path | None, require_tokenizer: bool = True) -> Payload:
     arrays = unstack_big_vision(read_tensors(path))
     for need in ("img/embedding/kernel", "txt/Embed_0/embedding"):
         if need not in arrays:
             raise KeyError(f"{path}: .npz without {need!r}; not a big_vision SigLIP checkpoint")
     cfg = big_vision_config(arrays, str(path))
     sd = apply_rules(big_vision_rules(cfg), arrays, model_shapes(cfg), str(path))
-    return make_payload(cfg, sd, find_tokenizer(path, tokenizer), "bilinear")  # big_vision resizes bilinearly
+    return make_payload(
+        cfg, sd, find_tokenizer(path, tokenizer, require_tokenizer), "bilinear"
+    )  # big_vision resizes bilinearly

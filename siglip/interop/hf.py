@@ -171,7 +171,7 @@ def _hf_config_from_shapes(
     return cfg
 
 
-def read_hf(path: Path, tokenizer: str | Path | None = None) -> Payload:
+def read_hf(path: Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
     """A SiglipModel folder, or a bare Hugging Face weights file (full model or one tower)."""
     folder = path if path.is_dir() else path.parent
     weights = _hf_weights(path) if path.is_dir() else path
@@ -188,7 +188,7 @@ def read_hf(path: Path, tokenizer: str | Path | None = None) -> Payload:
         cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
     rules = hf_rules(cfg, towers)
     sd = apply_rules(rules, state, model_shapes(cfg), str(weights))
-    proto = find_tokenizer(folder, tokenizer) if "text" in towers or tokenizer else b""
+    proto = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else b""
     partial = "" if len(towers) == 2 else towers[0]
     return make_payload(cfg, sd, proto, _hf_resample(folder, cfg.image_size), partial)
 

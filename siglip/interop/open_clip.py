@@ -95,7 +95,9 @@ def open_clip_config(state: dict[str, Tensor], where: Path) -> ModelConfig:
     )
 
 
-def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path | None) -> Payload:
+def read_open_clip(
+    path: Path, state: dict[str, Tensor], tokenizer: str | Path | None, require_tokenizer: bool = True
+) -> Payload:
     if "text.text_projection" in state:
         raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
     cfg = open_clip_config(state, path)
@@ -104,4 +106,4 @@ def read_open_clip(path: Path, state: dict[str, Tensor], tokenizer: str | Path |
     cfg_file = (path if path.is_dir() else path.parent) / "open_clip_config.json"
     if cfg_file.is_file():
         resample = json.loads(cfg_file.read_text()).get("preprocess_cfg", {}).get("interpolation", "bicubic")
-    return make_payload(cfg, sd, find_tokenizer(path, tokenizer), resample)
+    return make_payload(cfg, sd, find_tokenizer(path, tokenizer, require_tokenizer), resample)

@@ -52,9 +52,9 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return obj
 
 
-def find_tokenizer(where: Path, explicit: str | Path | None) -> bytes:
+def find_tokenizer(where: Path, explicit: str | Path | None, required: bool = True) -> bytes:
     """The SentencePiece model: `explicit`, else spiece.model / tokenizer.model / the one *.model
-    beside the checkpoint."""
+    beside the checkpoint. None found: an error, or b"" when not `required` (an image-only load)."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
@@ -67,6 +67,8 @@ def find_tokenizer(where: Path, explicit: str | Path | None) -> bytes:
     models = sorted(folder.glob("*.model"))
     if len(models) == 1:
         return models[0].read_bytes()
+    if not required:
+        return b""
     raise FileNotFoundError(
         f"{where}: no SentencePiece model found (looked for spiece.model, tokenizer.model or a single *.model "
         f"in {folder}); pass one with --tokenizer"

@@ -18,11 +18,11 @@ from pathlib import Path
 from siglip.report.runs import RunError, load_run, unique_names
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m siglip.report") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m siglip.report",
+        prog=prog,
         description="One HTML page with the curves, configs and evaluation details of training runs.",
-        epilog="example: python -m siglip.report runs/demo runs/demo_softmax --out report.html",
+        epilog=f"example: {prog} runs/demo runs/demo_softmax --out report.html",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training output folders (with metrics.jsonl)")
     parser.add_argument("--out", default="report.html", help="the HTML file to write")

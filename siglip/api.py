@@ -1,0 +1,251 @@
+"""Use a model from Python: `siglip.load(path)` returns a `Model` that embeds, scores and classifies.
+
+    model = siglip.load("runs/demo/siglip_demo.pt")              # any format siglip reads; eval mode, CPU
+    zimg = model.embed_images(["seven.png", pil_image])          # (2, d) float32 unit rows, on the CPU
+    ztxt = model.embed_texts(["a handwritten seven"])            # (1, d)
+    p = model.score(["seven.png"], ["a handwritten seven", "a handwritten one"])  # (1, 2) sigmoid(t*cos+b)
+    probs = model.classify(images, ["cat", "dog"], templates=["a photo of a {}."])  # (n, 2)
+
+Scores are the paper's per-pair probabilities `sigmoid(t * cos + b)`: each pair on its own, so a row
+need not sum to 1 (several labels can be likely at once, or none). Weights that come without a
+tokenizer (an open_clip `.bin` alone, a big_vision `.npz`, a Hugging Face folder without
+`spiece.model`) load; the image side works and a text call says how to pass one.
+
+Images reach the image tower in two steps: `preprocess` (the checkpoint's own, built by
+`siglip.transforms.checkpoint_transform`: one image -> its model input), stacked by `prepare`, and
+`encode_prepared` (model inputs -> unit fp32 rows), the one call into the image tower. `embed_images`,
+`score`, `classify` and the `siglip` command (whose DataLoader workers apply `preprocess`) all use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+
+from siglip.checkpoint import tokenizer_from_payload
+from siglip.config import model_config_from_dict
+from siglip.data import load_image
+from siglip.interop.detect import load_payload
+from siglip.model import SigLIP, l2_normalize
+from siglip.tokenizer import Tokenizer
+from siglip.transforms import checkpoint_transform
+
+ImageLike = Image.Image | str | os.PathLike
+Images = ImageLike | Sequence[ImageLike] | Tensor  # a Tensor: already preprocessed, (3, S, S) or (n, 3, S, S)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class TokenizerMissing(RuntimeError):
+    """A text call on a model loaded without a tokenizer."""
+
+
+def weights_fingerprint(state_dict: dict[str, Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: the same weights give
+    the same fingerprint whatever file format they were read from (16 hex digits are kept)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class Model:
+    """A SigLIP model ready to use: `model` (the `SigLIP` module, eval mode), `preprocess` (PIL image
+    -> (3, S, S) in [-1, 1]), `tokenizer` (list of str -> (n, L) ids), `path`, `fingerprint`.
+    Other attributes (`encode_image`, `encode_text`, `t`, `b`, `config`, `parameters`, ...) are the
+    `SigLIP` module's, so code written for it keeps working."""
+
+    def __init__(
+        self,
+        model: SigLIP,
+        preprocess: Callable[[Image.Image], Tensor],
+        tokenizer: Tokenizer | None,
+        path: str = "",
+        fingerprint: str = "",
+    ):
+        self.model, self.preprocess, self._tokenizer = model, preprocess, tokenizer
+        self.path, self.fingerprint = path, fingerprint
+
+    def __getattr__(self, name: str):
+        if name in ("model", "_tokenizer"):  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def to(self, *args, **kwargs) -> Model:
+        """Move or cast the weights (as `nn.Module.to`); returns this Model, so chaining keeps its methods."""
+        self.model.to(*args, **kwargs)
+        return self
+
+    def cuda(self, device: int | None = None) -> Model:
+        return self.to(torch.device("cuda", device) if device is not None else "cuda")
+
+    def cpu(self) -> Model:
+        return self.to("cpu")
+
+    def __call__(self, pixels: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The module's forward: (zimg, ztxt), as `SigLIP.forward`."""
+        return self.model(pixels, ids)
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        return f"Model({self.path!r}, {c.variant}, {c.image_size}px, dim {c.out_dim}, {self.device}, {self.dtype})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.out_dim
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self._tokenizer is not None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise TokenizerMissing(
+                f"{self.path or 'this model'}: loaded without a tokenizer (none beside the weights: looked for "
+                "spiece.model, tokenizer.model or a single *.model), so it can embed images but not text. Pass "
+                "the SentencePiece model: siglip.load(path, tokenizer='spiece.model'), or --tokenizer FILE "
+                "on the siglip command line"
+            )
+        return self._tokenizer
+
+    # ---------------------------------------------------------------------------------------------
+    # images: the only two places that know what the image tower takes
+
+    def prepare(self, images: Sequence[Image.Image | str | os.PathLike]) -> Tensor:
+        """Images (PIL or paths) -> the image tower's input, (n, 3, S, S) float32 in [-1, 1]. An
+        unreadable file is an error naming it (the `siglip embed` command skips and lists them)."""
+        out = []
+        for img in images:
+            if not isinstance(img, Image.Image):
+                try:
+                    img = load_image(str(img))
+                except Exception as e:  # noqa: BLE001 - any decode failure, with the file named
+                    raise ValueError(f"cannot read image {img}: {e}") from e
+            out.append(self.preprocess(img))
+        return torch.stack(out)
+
+    @torch.inference_mode()
+    def encode_prepared(self, inputs: Tensor) -> Tensor:
+        """`prepare`'s output (n, 3, S, S) -> (n, d) float32 unit rows on the model's device."""
+        z = self.model.encode_image(inputs.to(self.device, self.dtype, non_blocking=True))
+        return l2_normalize(z.float())
+
+    # ---------------------------------------------------------------------------------------------
+
+    def embed_images(self, images: Images, batch_size: int = 64, progress: bool = False) -> Tensor:
+        """(n, d) float32 unit rows on the CPU. `images`: PIL images, file paths, or a preprocessed
+        tensor (3, S, S) / (n, 3, S, S); one image (not in a list) gives (1, d). Batches of
+        `batch_size` go through the model under inference mode."""
+        if isinstance(images, Tensor):
+            batch = images[None] if images.dim() == 3 else images
+            parts = [batch[s : s + batch_size] for s in range(0, len(batch), batch_size)]
+            return torch.cat([self.encode_prepared(p).cpu() for p in parts] or [torch.zeros(0, self.dim)])
+        if isinstance(images, (Image.Image, str, os.PathLike)):
+            images = [images]
+        out = []
+        starts = range(0, len(images), batch_size)
+        for s in tqdm(starts, desc="images", unit="batch", disable=not progress, leave=False):
+            out.append(self.encode_prepared(self.prepare(images[s : s + batch_size])).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256, progress: bool = False) -> Tensor:
+        """(n, d) float32 unit rows on the CPU; one string gives (1, d)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tok, out = self.tokenizer, []
+        starts = range(0, len(texts), batch_size)
+        for s in tqdm(starts, desc="texts", unit="batch", disable=not progress, leave=False):
+            ids = tok(texts[s : s + batch_size]).to(self.device)
+            out.append(l2_normalize(self.model.encode_text(ids).float()).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.inference_mode()
+    def from_cosine(self, cos: Tensor) -> Tensor:
+        """Logits `t * cos + b` (float32, on the CPU) for cosines of any shape."""
+        return self.model.t.float().cpu() * cos.float().cpu() + self.model.b.float().cpu()
+
+    def logits(self, zimg: Tensor, ztxt: Tensor) -> Tensor:
+        """(n_img, n_txt) float32 `t * zimg @ ztxt.T + b` from unit embeddings."""
+        return self.from_cosine(zimg.float().cpu() @ ztxt.float().cpu().T)
+
+    def score(self, images: Images, texts: str | Sequence[str], pairs: bool = False) -> Tensor:
+        """Sigmoid probabilities `sigmoid(t * cos + b)`: (n_img, n_txt) for every image with every
+        text, or with `pairs=True` (n,) for image i with text i (equal lengths)."""
+        zimg, ztxt = self.embed_images(images), self.embed_texts(texts)
+        if not pairs:
+            return torch.sigmoid(self.logits(zimg, ztxt))
+        if len(zimg) != len(ztxt):
+            raise ValueError(f"pairs=True needs as many images as texts, got {len(zimg)} and {len(ztxt)}")
+        return torch.sigmoid(self.from_cosine((zimg * ztxt).sum(-1)))
+
+    def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+        """(c, d) unit rows: per label, the renormalised mean of its template embeddings (each
+        template has one `{}`), as zero-shot classification builds its classifier."""
+        templates = list(templates) or ["{}"]
+        for t in templates:
+            if "{}" not in t:
+                raise ValueError(f"template {t!r} has no '{{}}' where the label goes")
+        z = self.embed_texts([t.format(label) for label in labels for t in templates])  # label-major
+        return l2_normalize(z.view(len(labels), len(templates), -1).mean(dim=1))
+
+    def classify(self, images: Images, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+        """(n, c) per-label probabilities `sigmoid(t * cos(image, label) + b)`; the top label of
+        image i is `probs[i].argmax()` (the zero-shot prediction)."""
+        return torch.sigmoid(self.logits(self.embed_images(images), self.label_embeddings(labels, templates)))
+
+
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+) -> Model:
+    """A `Model` in eval mode on `device` ("auto": CUDA when there is one), weights in `dtype`
+    (None: as stored; "float16" / "bfloat16" for speed on a GPU). `path`: our model file, a Hugging
+    Face SigLIP folder or weights file, an open_clip SigLIP checkpoint or a big_vision .npz (detected
+    from the content); `tokenizer`: a SentencePiece model, for weights without one beside them."""
+    payload = load_payload(path, tokenizer, require_tokenizer=False)
+    if payload.get("partial"):
+        raise ValueError(
+            f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"
+        )
+    cfg = model_config_from_dict(payload["model_config"])
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        net = SigLIP(cfg)
+    missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    tok = tokenizer_from_payload(payload) if payload["tokenizer"]["proto"].numel() else None
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = net.to(device=device, dtype=as_dtype(dtype)).eval()
+    fingerprint = weights_fingerprint(payload["state_dict"])
+    return Model(net, checkpoint_transform(payload["preprocess"]), tok, str(path), fingerprint)

@@ -1,0 +1,148 @@
+"""What `siglip embed` embeds: the items of a source, each with a stable key.
+
+- a folder: every image in it, recursively (extensions in `siglip.data.IMAGE_EXTENSIONS`), sorted;
+- a manifest (.csv / .tsv with a header row, or .jsonl): an image column (found among common names or
+  given) and an optional caption column; relative paths resolve against the manifest's folder;
+- webdataset shards (`'dir/{00000..00099}.tar'` or one `.tar`): every member with an image extension,
+  grouped by key as img2dataset writes them; read by offset, so workers decode them in parallel;
+- a text file (`--texts FILE`): one text a line (blank lines skipped).
+
+A key names an item across runs (absolute path; `line:path` for manifests; `shard::key`; `line:N` for
+texts), so an interrupted or repeated run embeds only the items whose keys the index lacks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from siglip.data.manifests import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTENSIONS, ManifestError, load_image
+from siglip.data.webdataset import IMAGE_EXTS, is_shard_pattern, shard_list
+
+
+@dataclass
+class Item:
+    """One row of an index. `record` is its line in items.jsonl; an image item is read from `path`,
+    or from bytes [offset, offset + size) of the tar `path` when offset >= 0."""
+
+    key: str
+    record: dict = field(default_factory=dict)
+    path: str = ""
+    offset: int = -1
+    size: int = 0
+
+    def open(self) -> Image.Image:
+        if self.offset < 0:
+            return load_image(self.path)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.copy() if img.mode in ("RGB", "L") else img.convert("RGB")
+
+
+def folder_items(root: Path) -> list[Item]:
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return [Item(os.path.abspath(p), {"path": os.path.abspath(p)}, os.path.abspath(p)) for p in paths]
+
+
+def _column(names: list[str], wanted: str, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
+    if wanted:
+        if wanted not in names:
+            raise ManifestError(f"{path}: no {what} column {wanted!r}; columns are {names}")
+        return wanted
+    lower = {n.lower(): n for n in names}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def _manifest_rows(path: Path) -> list[tuple[int, dict]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.suffix.lower() == ".jsonl":
+            rows = []
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ManifestError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+                    if not isinstance(row, dict):
+                        raise ManifestError(f"{path}:{line_no}: expected a JSON object")
+                    rows.append((line_no, row))
+            return rows
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+
+
+def manifest_items(path: Path, image_column: str = "", caption_column: str = "") -> list[Item]:
+    rows = _manifest_rows(path)
+    if not rows:
+        raise ManifestError(f"{path}: no rows")
+    names = list(rows[0][1])
+    img_col = _column(names, image_column, IMAGE_COLUMNS, "image", path)
+    if img_col is None:
+        raise ManifestError(f"{path}: cannot find the image column among {names}; name it with --image-column")
+    cap_col = _column(names, caption_column, CAPTION_COLUMNS, "caption", path)
+    root, items = path.resolve().parent, []
+    for line_no, row in rows:
+        image = row.get(img_col)
+        if not isinstance(image, str) or not image.strip():
+            raise ManifestError(f"{path}:{line_no}: empty or missing image path in column {img_col!r}")
+        p = os.path.abspath(root / image.strip())
+        record = {"path": p, "line": line_no}
+        if cap_col is not None and isinstance(row.get(cap_col), str):
+            record["caption"] = row[cap_col]
+        items.append(Item(f"{line_no}:{p}", record, p))
+    return items
+
+
+def shard_items(pattern: str) -> list[Item]:
+    """Image members of the shards, by tar headers (no image is read); a .txt caption is kept."""
+    items = []
+    for shard in shard_list(pattern):
+        shard = os.path.abspath(shard)
+        images, captions = {}, {}
+        with tarfile.open(shard, "r:") as tar:
+            for m in tar:
+                folder, name = os.path.split(m.name)
+                stem, _, ext = name.partition(".")
+                key = os.path.join(folder, stem)
+                if m.isfile() and ext.lower() in IMAGE_EXTS and key not in images:
+                    images[key] = (m.offset_data, m.size)
+                elif m.isfile() and ext.lower() == "txt":
+                    captions[key] = tar.extractfile(m).read().decode("utf-8", "replace").strip()
+        for key, (offset, size) in images.items():
+            record = {"shard": shard, "key": key} | ({"caption": captions[key]} if key in captions else {})
+            items.append(Item(f"{shard}::{key}", record, shard, offset, size))
+    return items
+
+
+def text_items(path: Path) -> list[Item]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--texts {path}: no such file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [Item(f"line:{n}", {"text": t.strip(), "line": n}) for n, t in enumerate(lines, 1) if t.strip()]
+
+
+def list_items(src: str, texts: bool = False, image_column: str = "", caption_column: str = "") -> list[Item]:
+    """The items of `src` in a fixed order (see the module docstring for what `src` can be)."""
+    p = Path(src)
+    if texts:
+        return text_items(p)
+    if is_shard_pattern(src):
+        return shard_items(src)
+    if p.is_dir():
+        return folder_items(p)
+    if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+        return manifest_items(p, image_column, caption_column)
+    raise FileNotFoundError(
+        f"{src}: not a folder, a .csv/.tsv/.jsonl manifest or tar shards ('dir/{{00000..00009}}.tar'); "
+        "for a text file use --texts"
+    )
