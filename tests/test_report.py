@@ -151,13 +151,13 @@ def train(tmp_path, config, out, *extra):
 
 
 def test_report_of_a_resumed_run_and_an_evaluated_run(tmp_path):
+    pytest.importorskip("tensorboard")  # the `tensorboard` extra, installed by `make test`
     demo = REPO / "configs/demo_config.py"
     resumed, evaluated = tmp_path / "resumed", tmp_path / "evaluated"
     train(tmp_path, demo, resumed, "--config.train.stop_at_step=2")
     train(tmp_path, demo, resumed, "--resume")
     config = tmp_path / "eval_config.py"
     config.write_text(EVAL_CONFIG.format(demo=str(demo)))
-    tb = pytest.importorskip("tensorboard")  # noqa: F841
     train(tmp_path, config, evaluated, "--learning-rate=5e-4", "--config.log.tensorboard=true")
 
     out = tmp_path / "report.html"
