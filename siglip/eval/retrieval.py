@@ -7,6 +7,7 @@ captions is in the top k. Metrics and the tie rule: siglip.eval.metrics.retrieva
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -52,7 +53,8 @@ def retrieval_results(scores: Tensor, ok: Tensor, data: RetrievalSet) -> dict[st
 
 def retrieval_outputs(scores: Tensor, ok: Tensor, data: RetrievalSet, queries: int = 8, k: int = 5) -> dict:
     """Per-example outputs for reports: `queries` text queries spread evenly over the set, each with
-    its own image and the top `k` images (path and cosine score; unreadable images never listed)."""
+    its own image and the top `k` images (absolute path and cosine score; unreadable images never
+    listed)."""
     scores = scores.masked_fill(~ok[:, None], float("-inf"))
     n_texts = scores.shape[1]
     picks = sorted({round(i * (n_texts - 1) / max(1, queries - 1)) for i in range(min(queries, n_texts))})
@@ -62,8 +64,8 @@ def retrieval_outputs(scores: Tensor, ok: Tensor, data: RetrievalSet, queries: i
         out.append(
             {
                 "text": data.texts[j],
-                "target": str(data.images[data.image_of_text[j]]),
-                "top": [{"image": str(data.images[i]), "score": float(scores[i, j])} for i in top],
+                "target": os.path.abspath(data.images[data.image_of_text[j]]),
+                "top": [{"image": os.path.abspath(data.images[i]), "score": float(scores[i, j])} for i in top],
             }
         )
     return {"task": "retrieval", "queries": out}
