@@ -176,6 +176,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 1000  # steps between resumable checkpoints; 0 = only at the end
     stop_at_step: int = 0  # end this run early at this step (time-sliced jobs; tests); 0 = never
+    keep_checkpoints: int = 2  # newest checkpoint-<step>.pt kept (--resume falls back past a broken one); 0 = all
+    nonfinite_patience: int = 10  # NaN/inf loss or gradient: the step is skipped; this many in a row stop the run
     output_dir: str = "./checkpoints"
     pretrained_path: str = ""  # any format siglip.load reads (ours, Hugging Face, open_clip, big_vision)
     pretrained_tokenizer: str = ""  # SentencePiece model, for checkpoints without one beside them

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
@@ -20,8 +21,18 @@ RESAMPLE = {
 }
 
 
-def _rgb(img: Image.Image) -> Image.Image:
-    return img if img.mode == "RGB" else img.convert("RGB")
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image, as Hugging Face and open_clip make it (`convert("RGB")`): alpha dropped
+    without compositing (transparent pixels keep their colour), palettes and CMYK mapped by PIL, and
+    EXIF orientation NOT applied (big_vision and open_clip train on the stored pixels; see
+    docs/reliability.md). One difference: 16-bit greyscale (modes I;16*, I) is scaled by 1/257, where
+    PIL's convert clips at 255 and turns nearly every pixel white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.float32).clip(0, 65535) / 257.0
+        return Image.fromarray(a.round().astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
 
 
 def image_transform(
@@ -37,7 +48,7 @@ def image_transform(
     if resample not in RESAMPLE:
         raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
     mode = RESAMPLE[resample]
-    steps: list = [_rgb]
+    steps: list = [to_rgb]
     if random_resized_crop:
         steps.append(T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=mode, antialias=True))
     else:

@@ -63,6 +63,21 @@ def train_step(model, forward, rt, loss_fn, pixels, ids, micro):
     return loss, opt
 
 
+def nan_in_one_shard(model, loss, rt: Runtime) -> list[bool]:
+    """The divergence guard's verdict before and after rank 1 alone gets a NaN in its gradient shard."""
+    from torch.distributed.tensor import DTensor
+
+    from siglip.train.guard import all_finite
+
+    before = all_finite(loss, model, rt.group)
+    if rt.rank == 1:
+        shard = next(
+            p.grad.to_local() for p in model.parameters() if isinstance(p.grad, DTensor) and p.grad.to_local().numel()
+        )
+        shard.view(-1)[0] = float("nan")
+    return [before, all_finite(loss, model, rt.group)]
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -85,6 +100,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             dist.broadcast_object_list(everywhere, src=0)
             load_full_state(fresh, fresh_opt, *everywhere)
             results["fsdp_reloaded"] = {"state": full_model_state(fresh)}
+            results["guard"] = nan_in_one_shard(model, loss, rt)
     # ranks left with different counts by unreadable images train on the smallest (0 = all skip)
     results["common_batch_size"] = [common_batch_size((5, 3)[rank], rt), common_batch_size((4, 0)[rank], rt)]
     if rank == 0:
@@ -123,6 +139,10 @@ def test_two_ranks_equal_one_process(two_ranks, case):
 def test_fsdp_full_checkpoint_roundtrip(two_ranks):
     for k, v in two_ranks["fsdp"]["state"].items():
         torch.testing.assert_close(two_ranks["fsdp_reloaded"]["state"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_guard_sees_a_nan_in_another_ranks_shard(two_ranks):
+    assert two_ranks["guard"] == [True, False]  # rank 0's shard is finite; rank 1's NaN stops both
 
 
 def test_slurm_variables():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from siglip.checkpoint import load_train_state, save_model
+from siglip.checkpoint import load_train_state, read_resumable, save_model
 from siglip.config import to_dict
 from siglip.distributed import close_runtime, full_model_state, init_runtime
 from siglip.eval.evaluators import check_evals
@@ -40,9 +40,11 @@ from siglip.train.build import (
     starting_payload,
     write_config,
 )
+from siglip.train.guard import DivergenceGuard
 from siglip.train.loggers import scalar_sinks
 from siglip.train.loop import Meter, evals_due, evaluate, save_checkpoint, train_step
 from siglip.train.metrics_log import MetricsLog
+from siglip.train.resume import world_size_note
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("train")
@@ -64,13 +66,18 @@ checkpoint_path = out_dir / "checkpoint.pt"
 
 # --------------------------------------------------------------------------------------------------
 # Starting weights, tokenizer, data
-payload = starting_payload(tc, run.resume, checkpoint_path)  # None when training from scratch
+if run.resume:  # the newest checkpoint that verifies (digest, structure, finite); broken ones are logged
+    payload, checkpoint_path = read_resumable(out_dir)
+else:
+    payload = starting_payload(tc, False, checkpoint_path)  # None when training from scratch
 adopt_checkpoint_config(cfg, payload)  # a checkpoint's architecture and preprocessing win
 write_config(cfg, out_dir, rt)  # the config actually trained
 source = find_source(cfg)
 tokenizer = build_tokenizer(cfg, payload, source, rt)
 data = build_data(cfg, source, tokenizer, rt)
 total_steps = tc.epochs * data.steps_per_epoch if tc.epochs > 0 else tc.steps
+if run.resume and (note := world_size_note(payload.get("world_size"), rt.world_size, source.streaming)):
+    log.warning(note)
 
 # --------------------------------------------------------------------------------------------------
 # Model, loss, optimizer
@@ -80,6 +87,9 @@ compute_loss = loss_from_config(cfg.loss, group=rt.group)
 optimizer = build_optimizer(model, cfg.optim)
 scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
 step = load_train_state(payload, model, optimizer, scheduler, checkpoint_path) if run.resume else 0
+guard = DivergenceGuard(tc.nonfinite_patience, step=step)  # NaN/inf steps skipped; K in a row stop the run
+if run.resume:
+    guard.last_good = f"{checkpoint_path} (step {step})"
 del payload
 log_run(cfg, data, total_steps, tokenizer, model, rt)
 autocast = autocast_for(cfg, rt)
@@ -95,15 +105,15 @@ model.train()
 end_step = min(total_steps, tc.stop_at_step) if tc.stop_at_step else total_steps
 while step < end_step:
     for batch in data.batches(step // data.steps_per_epoch, step % data.steps_per_epoch):
-        loss = train_step(batch, forward, model, compute_loss, optimizer, scheduler, cfg, rt, autocast, meter)
+        loss = train_step(batch, forward, model, compute_loss, optimizer, scheduler, cfg, rt, autocast, meter, guard)
         if loss is None:  # no readable image in this batch on any rank
             continue
         step += 1
         metrics.step()
         if step % tc.log_every == 0 or step == end_step:
-            metrics.write(meter.record(step, loss, scheduler.get_last_lr()[0], model))
+            metrics.write({**meter.record(step, loss, scheduler.get_last_lr()[0], model), **guard.record()})
         if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < end_step:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, tokenizer, cfg, step, rt)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, tokenizer, cfg, step, rt, guard)
         if evals_due(cfg, step, total_steps):
             metrics.write({"step": step, **evaluate(cfg, model, tokenizer, step)})
         if step >= end_step:
@@ -111,7 +121,7 @@ while step < end_step:
 
 # --------------------------------------------------------------------------------------------------
 # Save and evaluate
-save_checkpoint(checkpoint_path, model, optimizer, scheduler, tokenizer, cfg, step, rt)
+save_checkpoint(checkpoint_path, model, optimizer, scheduler, tokenizer, cfg, step, rt, guard)
 if step < total_steps:
     metrics.close()
     log.info("stopped at step %d of %d (train.stop_at_step); continue with --resume", step, total_steps)

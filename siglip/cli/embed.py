@@ -66,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
             kind="text" if args.texts else "image", batch_size=args.batch_size, workers=args.workers,
             unit_size=args.unit_size, store_dtype=args.store_dtype, source=str(args.texts or args.src),
         )  # fmt: skip
-        meta = embed_items(model, items, out, opts, rt)
+        try:
+            meta = embed_items(model, items, out, opts, rt)
+        except OSError as e:  # a full disk or a read-only folder: one clear line, no traceback
+            raise RuntimeError(
+                f"cannot write the index {out}: {e.strerror or e}; what it held before this run is unchanged"
+            ) from e
     finally:
         close_runtime(rt)
     if rt.is_main:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from siglip.transforms import to_rgb
+
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "file_name", "filename", "img", "path")
@@ -72,6 +74,7 @@ def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterat
 
 def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: str) -> Iterator[tuple[int, str, str]]:
     """(line number, image, caption) per non-empty row of a CSV/TSV manifest with a header row."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # the default 128k chars fails long captions
     reader = csv.reader(f, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
@@ -94,7 +97,9 @@ def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: 
 
 
 def read_manifest(path: str | Path, image_column: str = "", caption_column: str = "") -> list[Pair]:
-    """Rows of a CSV/TSV (with a header row) or JSONL manifest as (absolute image path, caption)."""
+    """Rows of a CSV/TSV (with a header row) or JSONL manifest as (absolute image path, caption).
+    UTF-8 with or without a byte-order mark, LF or CRLF, quoted fields may hold newlines; rows with
+    an empty caption are skipped and counted in the log."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -103,7 +108,8 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
     if suffix not in MANIFEST_EXTENSIONS:
         raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
     pairs: list[Pair] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    empty: list[int] = []
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
         if suffix == ".jsonl":
             rows = _jsonl_rows(f, path, image_column, caption_column)
         else:
@@ -113,10 +119,15 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
                 raise ManifestError(f"{path}:{line_no}: empty or missing image path")
             if not isinstance(caption, str):
                 raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
+            if not caption.strip():
+                empty.append(line_no)
+                continue
             image_path = Path(image.strip())
             pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
+    if empty:
+        log.warning("%s: %d rows with an empty caption skipped (first at line %d)", path, len(empty), empty[0])
     if not pairs:
-        raise ManifestError(f"{path}: no rows")
+        raise ManifestError(f"{path}: no rows" + (f" with a caption ({len(empty)} empty)" if empty else ""))
     return pairs
 
 
@@ -129,12 +140,13 @@ def read_caption_folder(root: str | Path) -> list[Pair]:
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
             txt = p.with_suffix(".txt")
-            if txt.is_file():
-                pairs.append((str(p), txt.read_text(encoding="utf-8").strip()))
+            caption = txt.read_text(encoding="utf-8-sig").strip() if txt.is_file() else ""
+            if caption:
+                pairs.append((str(p), caption))
             else:
                 missing += 1
     if missing:
-        log.warning("%s: %d images have no .txt caption beside them and are skipped", root, missing)
+        log.warning("%s: %d images have no (or an empty) .txt caption beside them and are skipped", root, missing)
     if not pairs:
         raise FileNotFoundError(f"{root}: no images with same-named .txt captions found")
     return pairs
@@ -163,4 +175,4 @@ def load_image(path: str) -> Image.Image:
     """Open and fully decode (so truncated files fail here, not later)."""
     with Image.open(path) as img:
         img.load()
-        return img.copy() if img.mode in ("RGB", "L") else img.convert("RGB")
+        return img.copy() if img.mode in ("RGB", "L") else to_rgb(img)

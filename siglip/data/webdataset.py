@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from siglip.data.manifests import CAPTION_COLUMNS
+from siglip.transforms import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +110,22 @@ def decode(sample: Sample, caption_key: str = "") -> tuple[Image.Image, str]:
         raise ValueError(f"{key}: no image among {sorted(parts)}")
     with Image.open(io.BytesIO(parts[ext])) as img:
         img.load()
-        image = img.convert("RGB")
+        image = to_rgb(img.copy())
     if "txt" in parts and not caption_key:
-        return image, parts["txt"].decode("utf-8").strip()
-    if "json" in parts:
+        caption = parts["txt"].decode("utf-8-sig").strip()
+    elif "json" in parts:
         meta = json.loads(parts["json"])
+        if not isinstance(meta, dict):
+            raise ValueError(f"{key}.json: not a JSON object")
         field = caption_key or next((c for c in CAPTION_COLUMNS if c in meta), None)
         if field is None or not isinstance(meta.get(field), str):
             raise ValueError(f"{key}.json: no caption field {caption_key or list(CAPTION_COLUMNS)}")
-        return image, meta[field].strip()
-    raise ValueError(f"{key}: no .txt or .json caption")
+        caption = meta[field].strip()
+    else:
+        raise ValueError(f"{key}: no .txt or .json caption")
+    if not caption:
+        raise ValueError(f"{key}: empty caption")
+    return image, caption
 
 
 def shuffled(samples: Iterator[Sample], rng: random.Random, size: int) -> Iterator[Sample]:

@@ -55,6 +55,14 @@ def classification_set(
     if dataset == "imagenet":
         paths, labels, wnids = read_imagenet(data_path, split or "val")
         classnames = read_classnames(classnames_file) if classnames_file else imagenet_classnames(wnids)
+        if len(set(labels)) < 1000:
+            log.warning(
+                "%s: images of %d of the 1000 ImageNet-1k classes; zero-shot chooses among the %d classes found, "
+                "so accuracy is not comparable with ImageNet-1k figures",
+                data_path,
+                len(set(labels)),
+                len(classnames),
+            )
         images, templates = paths, bundled("imagenet_templates")
     elif dataset in ("cifar10", "cifar100"):
         images, labels, meta_names = read_cifar(data_path, dataset, split or "test")

@@ -36,6 +36,11 @@ def read_class_folder(root: str | Path) -> tuple[list[str], list[int], list[str]
                 labels.append(label)
     if not paths:
         raise FileNotFoundError(f"{root}: no images in the class folders {classes[:5]}...")
+    empty = sorted(set(classes) - {classes[i] for i in set(labels)})
+    if empty:  # still a class to choose among, with no image to score
+        log.warning(
+            "%s: %d class folders have no images (e.g. %s); they stay among the choices", root, len(empty), empty[0]
+        )
     return paths, labels, classes
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from siglip.checkpoint import Payload, read_checkpoint, tokenizer_from_payload
+from siglip.checkpoint import Payload, read_resumable, tokenizer_from_payload
 from siglip.config import Config, TrainConfig, model_config_from_dict, to_dict
 from siglip.data import Pair, PairDataset, epoch_loader, find_pairs, steps_per_epoch
 from siglip.data.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
@@ -27,10 +27,11 @@ log = logging.getLogger("train")
 
 
 def starting_payload(tc: TrainConfig, resume: bool, checkpoint_path: Path) -> Payload | None:
-    """The checkpoint this run starts from: OUTPUT_DIR/checkpoint.pt on --resume, else the pretrained
-    model of any format (ours, Hugging Face, open_clip, big_vision), else None (from scratch)."""
+    """The checkpoint this run starts from: on --resume the newest good one in OUTPUT_DIR
+    (`siglip.checkpoint.read_resumable`: checkpoint.pt, else an older checkpoint-<step>.pt), else the
+    pretrained model of any format (ours, Hugging Face, open_clip, big_vision), else None (from scratch)."""
     if resume:
-        return read_checkpoint(checkpoint_path)
+        return read_resumable(checkpoint_path.parent)[0]
     if not tc.pretrained_path:
         return None
     payload = load_pretrained(tc.pretrained_path, tc.pretrained_tokenizer or None, tc.finetune_image_size)

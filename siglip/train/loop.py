@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from siglip.checkpoint import save_train_state
 from siglip.config import Config, to_dict
 from siglip.distributed import (
     Runtime,
@@ -26,6 +25,8 @@ from siglip.eval.evaluators import run_evals
 from siglip.model import SigLIP
 from siglip.tokenizer import Tokenizer
 from siglip.train.accumulate import forward_backward
+from siglip.train.guard import DivergenceGuard
+from siglip.train.resume import write_checkpoint
 
 
 class Meter:
@@ -64,9 +65,11 @@ def train_step(
     rt: Runtime,
     autocast: Callable,
     meter: Meter,
+    guard: DivergenceGuard | None = None,
 ) -> Tensor | None:
     """One optimizer step on this rank's share of a global batch; None when no rank has a readable
-    image left (the step is not taken). Ranks trim to a common size so their shares stay equal."""
+    image left (the step is not taken). Ranks trim to a common size so their shares stay equal.
+    `guard`: a NaN/inf loss or gradient skips the update (counted; the schedule still advances)."""
     pixels = batch["pixels"]
     n = common_batch_size(0 if pixels is None else pixels.shape[0], rt)
     meter.skipped += batch["skipped"] + (0 if pixels is None else pixels.shape[0] - n)
@@ -77,23 +80,39 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(forward, model, pixels, ids, compute_loss, cfg.train.micro_batch_size, autocast)
     sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
-    if cfg.optim.grad_clip > 0:
-        meter.grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt)
-    optimizer.step()
+    meter.grad_norm = None  # a step the guard skips logs no norm
+    if guard is None or guard.check(loss, model, rt.group):
+        if cfg.optim.grad_clip > 0:
+            meter.grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt)
+        optimizer.step()
     scheduler.step()
     meter.seen += n * rt.world_size
     return loss
 
 
 def save_checkpoint(
-    path: Path, model: SigLIP, optimizer, scheduler, tokenizer: Tokenizer, cfg: Config, step: int, rt: Runtime
+    path: Path,
+    model: SigLIP,
+    optimizer,
+    scheduler,
+    tokenizer: Tokenizer,
+    cfg: Config,
+    step: int,
+    rt: Runtime,
+    guard: DivergenceGuard | None = None,
 ) -> None:
-    """Whole (gathered) model and optimizer state, written atomically by rank 0: resumes under any
-    strategy and world size."""
+    """Whole (gathered) model and optimizer state, written atomically by rank 0 as
+    `checkpoint-<step>.pt` beside `path` (checkpoint.pt, then a link to it; the newest
+    `train.keep_checkpoints` kept): resumes under any strategy and world size. Non-finite weights
+    are refused (DivergenceError) before anything is written."""
     model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
+    if guard is not None:
+        guard.check_state(step, model_state)
     if rt.is_main:
-        save_train_state(
-            path,
+        write_checkpoint(
+            path.parent,
+            step,
+            cfg.train.keep_checkpoints,
             model,
             tokenizer,
             cfg.data.resample,
@@ -103,8 +122,11 @@ def save_checkpoint(
             to_dict(cfg),
             model_state=model_state,
             optimizer_state=optimizer_state,
+            world_size=rt.world_size,
         )
     barrier(rt)
+    if guard is not None:
+        guard.last_good = f"{path.parent / f'checkpoint-{step:08d}.pt'} (step {step})"
 
 
 def evals_due(cfg: Config, step: int, total_steps: int) -> bool:
