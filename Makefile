@@ -15,7 +15,7 @@ $(VENV)/.demo: pyproject.toml
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers]'
+	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers,report,tensorboard]'
 	touch $@
 
 demo: $(VENV)/.demo

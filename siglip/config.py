@@ -1,8 +1,8 @@
-"""Typed configuration: dataclasses, config files with `get_config()`, overrides, `validate()`.
+"""Typed configuration: dataclasses, config files with `get_config()`, overrides.
 
 A config file is plain Python that defines `get_config() -> Config`. Any field can be overridden as
 `--config.a.b=value` (parsed by the field's declared type); an unknown key, an unparsable value or a
-value outside what `validate` allows is an error that names the key."""
+value outside what `siglip.validation.validate` allows is an error that names the key."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class ModelConfig:
     naflex: bool = False  # SigLIP 2 NaFlex: images at their own aspect ratio as masked patch sequences (siglip.naflex)
     init_t_prime: float = 2.302585092994046  # log(10); paper Table 4
     init_b: float = -10.0
+    dropout: float = 0.0  # training only: on each block's attention and MLP outputs (and the MLP hidden)
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> ModelConfig:
@@ -187,6 +188,14 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where else the metrics.jsonl scalars go (`siglip.train.loggers`); each needs its extra installed."""
+
+    tensorboard: bool = False  # events under OUTPUT_DIR/tensorboard
+    wandb: str = ""  # a W&B project; offline unless WANDB_MODE is set or an API key is configured
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_variant("B/16"))
     data: DataConfig = field(default_factory=DataConfig)
@@ -195,6 +204,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evals: list[EvalConfig] = field(default_factory=list)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,104 +307,7 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
     d["image"] = TowerConfig(**d["image"])
     d["text"] = TowerConfig(**d["text"])
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(d) - known
+    unknown = set(d) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise KeyError(f"model config has unknown keys {sorted(unknown)}")
     return ModelConfig(**d)
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation: the resolved config is checked as a whole before anything runs
-
-CHOICES: dict[str, tuple[str, ...]] = {  # config key -> allowed values
-    "model.gelu": ("tanh", "exact"),
-    "data.resample": ("bicubic", "bilinear", "nearest"),
-    "tokenizer.model_type": ("unigram", "bpe", "char", "word"),
-    "loss.name": ("sigmoid", "softmax"),
-    "loss.negatives": ("all", "random", "hard", "easy"),
-    "loss.distributed": ("ring", "all_gather"),
-    "train.precision": ("fp32", "bf16"),
-    "train.strategy": ("ddp", "fsdp"),
-}
-EVAL_DATASETS = {
-    "zero_shot": ("imagenet", "cifar10", "cifar100", "folder", "digits"),
-    "retrieval": ("flickr30k", "coco", "manifest", "digits"),
-}
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what is allowed."""
-
-
-def _checks(cfg: Config) -> list[tuple[bool, str]]:
-    """(ok, message) for each range and each rule between fields."""
-    m, tr, o, lo = cfg.model, cfg.train, cfg.optim, cfg.loss
-    checks = [
-        (tr.batch_size > 0, f"train.batch_size={tr.batch_size}: must be > 0"),
-        (
-            tr.epochs > 0 or (tr.epochs == 0 and tr.steps > 0),
-            f"train.epochs={tr.epochs}, train.steps={tr.steps}: one must be > 0",
-        ),
-        (o.lr > 0, f"optim.lr={o.lr}: must be > 0"),
-        (o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps}: must be >= 0"),
-        (
-            tr.epochs > 0 or o.warmup_steps <= tr.steps,
-            f"optim.warmup_steps={o.warmup_steps} is more than train.steps={tr.steps}",
-        ),
-        (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]"),
-        (o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 = off)"),
-        (tr.log_every > 0, f"train.log_every={tr.log_every}: must be > 0"),
-        (tr.checkpoint_every >= 0, f"train.checkpoint_every={tr.checkpoint_every}: must be >= 0 (0 = at the end)"),
-        (0 <= lo.negative_ratio <= 1, f"loss.negative_ratio={lo.negative_ratio}: must be in [0, 1]"),
-        (lo.tile >= 0, f"loss.tile={lo.tile}: must be >= 0 (0 = chosen from the batch size)"),
-        (lo.tile <= tr.batch_size, f"loss.tile={lo.tile} is larger than train.batch_size={tr.batch_size}"),
-        (
-            0 <= tr.micro_batch_size <= tr.batch_size,
-            f"train.micro_batch_size={tr.micro_batch_size}: must be in [0, train.batch_size={tr.batch_size}]",
-        ),
-        (
-            lo.name == "sigmoid" or lo.negatives == "all",
-            f"loss.negatives={lo.negatives!r} applies to the sigmoid loss only, not loss.name={lo.name!r}",
-        ),
-        (
-            m.patch_size > 0 and m.image_size % m.patch_size == 0,
-            f"model.image_size={m.image_size} is not a multiple of model.patch_size={m.patch_size}",
-        ),
-        (m.text_length >= 2, f"model.text_length={m.text_length}: must be >= 2 (text tokens and EOS)"),
-        (
-            bool(cfg.tokenizer.path or tr.pretrained_path) or cfg.tokenizer.vocab_size <= m.vocab_size,
-            f"tokenizer.vocab_size={cfg.tokenizer.vocab_size} is larger than model.vocab_size={m.vocab_size}",
-        ),
-        (
-            tr.finetune_image_size % m.patch_size == 0,
-            f"train.finetune_image_size={tr.finetune_image_size} is not a multiple of model.patch_size={m.patch_size}",
-        ),
-    ]
-    for name in ("image", "text"):
-        t = getattr(m, name)
-        ok = min(t.width, t.depth, t.mlp_dim, t.heads) > 0 and t.width % t.heads == 0
-        checks.append((ok, f"model.{name}: width {t.width} must split into {t.heads} heads (all sizes > 0)"))
-    return checks
-
-
-def validate(cfg: Config) -> Config:
-    """Refuse a config that cannot work, whatever the number of processes: every choice field against
-    its allowed values, ranges, and rules between fields. Raises ConfigError naming the key."""
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        if (value := getattr(getattr(cfg, section), name)) not in allowed:
-            raise ConfigError(f"{key}={value!r}: choose one of {list(allowed)}")
-    for i, ev in enumerate(cfg.evals):
-        if ev.task not in EVAL_DATASETS:
-            raise ConfigError(f"evals[{i}].task={ev.task!r}: choose one of {list(EVAL_DATASETS)}")
-        if ev.dataset not in EVAL_DATASETS[ev.task]:
-            raise ConfigError(
-                f"evals[{i}].dataset={ev.dataset!r}: for {ev.task} choose one of {list(EVAL_DATASETS[ev.task])}"
-            )
-        if ev.every < 0 or ev.batch_size <= 0:
-            raise ConfigError(f"evals[{i}]: every={ev.every} must be >= 0 and batch_size={ev.batch_size} > 0")
-    for ok, message in _checks(cfg):
-        if not ok:
-            raise ConfigError(message)
-    return cfg

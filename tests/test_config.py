@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from siglip.config import Config, ConfigError, apply_overrides, load_config_file, validate
+from siglip.config import Config, apply_overrides, load_config_file
 from siglip.train.args import parse_train_args, run_name
+from siglip.validation import ConfigError, validate
 
 from .conftest import REPO
 
@@ -129,6 +130,8 @@ def test_validate_refuses_unknown_choices(override, names):
         (["--config.tokenizer.vocab_size=5000"], "tokenizer.vocab_size=5000 is larger than model.vocab_size"),
         (["--config.model.image_size=30"], "model.image_size=30 is not a multiple of model.patch_size"),
         (["--config.model.image.heads=3"], "model.image: width 128 must split into 3 heads"),
+        (["--config.model.dropout=1.5"], "model.dropout=1.5: must be in [0, 1)"),
+        (["--config.train.nonfinite_patience=0"], "train.nonfinite_patience=0: must be >= 1"),
     ],
 )
 def test_validate_refuses_ranges_and_dependent_fields(args, key):

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from siglip.checkpoint import load_train_state, read_resumable, save_model
+from siglip.config import to_dict
 from siglip.distributed import close_runtime, full_model_state, init_runtime
 from siglip.eval.evaluators import check_evals
 from siglip.loss import loss_from_config
@@ -40,6 +41,7 @@ from siglip.train.build import (
     write_config,
 )
 from siglip.train.guard import DivergenceGuard
+from siglip.train.loggers import scalar_sinks
 from siglip.train.loop import Meter, evals_due, evaluate, save_checkpoint, train_step
 from siglip.train.metrics_log import MetricsLog
 from siglip.train.resume import world_size_note
@@ -94,7 +96,10 @@ autocast = autocast_for(cfg, rt)
 
 # --------------------------------------------------------------------------------------------------
 # Training loop
-metrics = MetricsLog(out_dir / "metrics.jsonl", total_steps, step, enabled=rt.is_main)
+sinks = scalar_sinks(cfg.log, out_dir, to_dict(cfg)) if rt.is_main else []  # TensorBoard, W&B: same scalars
+metrics = MetricsLog(out_dir / "metrics.jsonl", total_steps, step, enabled=rt.is_main, sinks=sinks)
+if run.resume:
+    metrics.write({"step": step, "resumed": True})  # reports mark where a run continued
 meter = Meter(rt, cfg)  # pairs/s and MFU in metrics.jsonl and the progress bar
 model.train()
 end_step = min(total_steps, tc.stop_at_step) if tc.stop_at_step else total_steps
@@ -128,7 +133,7 @@ if rt.is_main:
     save_model(final_path, model, tokenizer, cfg.data.resample, final_state, cfg.data.max_num_patches)
     log.info("saved %s", final_path)
 if cfg.evals:  # every rank evaluates (a sharded model needs them all); rank 0 reports
-    results = evaluate(cfg, model, tokenizer, None)
+    results = evaluate(cfg, model, tokenizer, None, out_dir / "eval" if rt.is_main else None, step)
     metrics.write({"step": step, **results})
     if rt.is_main:
         for k, v in results.items():

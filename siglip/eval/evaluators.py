@@ -4,14 +4,25 @@ Each `EvalConfig` names a task and a dataset; this module reads the dataset (sig
 runs the same function as the evaluation scripts (siglip.eval.zero_shot / siglip.eval.retrieval), so the
 numbers logged in training are the numbers the scripts print. Results are flat dicts like
 {"digits/acc1": 0.93, "digits/image_retrieval_recall@1": 0.12}.
+
+With `outputs_dir` (training passes RUN/eval at the final evaluation), each evaluator also writes
+its per-example outputs as `<dataset>_<task>.json` for `python -m siglip.report`:
+- zero_shot: {"task", "step", "classnames", "labels": [n], "predictions": [n] (top-1 class, -1 =
+  unreadable image)}: enough for the confusion matrix and per-class recall;
+- retrieval: {"task", "step", "queries": [{"text", "target": image path, "top": [{"image", "score"}]}]}
+  for 8 text queries spread over the set and their 5 best images.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from siglip.config import EvalConfig
 from siglip.eval.datasets import RETRIEVAL_DATASETS, ZERO_SHOT_DATASETS, classification_set, retrieval_set
-from siglip.eval.retrieval import evaluate_retrieval
-from siglip.eval.zero_shot import evaluate_zero_shot
+from siglip.eval.retrieval import retrieval_outputs, retrieval_results, retrieval_scores
+from siglip.eval.zero_shot import zero_shot_outputs, zero_shot_results, zero_shot_scores
 from siglip.model import SigLIP
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import model_transform
@@ -39,9 +50,12 @@ def run_evals(
     num_workers: int = 2,
     bf16: bool = False,
     step: int | None = None,
+    outputs_dir: str | Path | None = None,
+    final_step: int = 0,
     max_num_patches: int = 0,
 ) -> dict[str, float]:
-    """Run every evaluator due at `step` (all of them when step is None: the end of training).
+    """Run every evaluator due at `step` (all of them when step is None: the end of training, at
+    `final_step`). With `outputs_dir`, also write each one's per-example outputs there.
     `max_num_patches`: a NaFlex model's patch budget per image (0 = 256)."""
     check_evals(evals)
     results: dict[str, float] = {}
@@ -53,9 +67,23 @@ def run_evals(
         path = ev.path or digits_root
         if ev.task == "zero_shot":
             data = classification_set(ev.dataset, path, ev.split, ev.classnames, ev.templates)
-            metrics = evaluate_zero_shot(model, tokenizer, transform, data, ev.batch_size, num_workers, bf16)
+            scores, ok = zero_shot_scores(model, tokenizer, transform, data, ev.batch_size, num_workers, bf16)
+            metrics, outputs = zero_shot_results(scores, ok, data), zero_shot_outputs
         else:
             data = retrieval_set(ev.dataset, path, ev.split)
-            metrics = evaluate_retrieval(model, tokenizer, transform, data, ev.batch_size, num_workers, bf16)
+            scores, ok = retrieval_scores(model, tokenizer, transform, data, ev.batch_size, num_workers, bf16)
+            metrics, outputs = retrieval_results(scores, ok, data), retrieval_outputs
         results.update({f"{ev.dataset}/{k}": v for k, v in metrics.items()})
+        if outputs_dir is not None:
+            record = {**outputs(scores, ok, data), "step": step if step is not None else final_step}
+            name = f"{ev.dataset}_{ev.task}" + (f"_{Path(ev.split).stem}" if ev.split else "")
+            _write_json(Path(outputs_dir) / f"{name}.json", record)
     return results
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Atomic write: a report never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siglip.config import EVAL_DATASETS
+from siglip.validation import EVAL_DATASETS
 
 ZERO_SHOT_DATASETS = EVAL_DATASETS["zero_shot"]  # the names a config may use (siglip.config validates them)
 RETRIEVAL_DATASETS = EVAL_DATASETS["retrieval"]

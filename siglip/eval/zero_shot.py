@@ -36,6 +36,47 @@ def class_embeddings(
     return l2_normalize(z.view(len(classnames), len(templates), -1).mean(dim=1))
 
 
+def zero_shot_scores(
+    model: SigLIP,
+    tokenizer: Tokenizer,
+    transform: Callable[[Image.Image], Tensor],
+    data: ClassificationSet,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    bf16: bool = False,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """(n, c) cosine scores image . class and the (n,) bool mask of readable images. The model is
+    put in eval mode and restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        cls = class_embeddings(model, tokenizer, data.classnames, data.templates, batch_size, bf16, progress)  # (c, d)
+        img, ok = embed_images(model, data.images, transform, batch_size, num_workers, bf16, progress)  # (n, d)
+    finally:
+        model.train(was_training)
+    return img @ cls.T, ok
+
+
+def zero_shot_results(scores: Tensor, ok: Tensor, data: ClassificationSet) -> dict[str, float]:
+    """acc1, acc5, mean_per_class_recall and the number of unreadable images (each counted wrong)."""
+    metrics = zero_shot_metrics(scores, torch.tensor(data.labels, dtype=torch.long), ok)
+    metrics["unreadable_images"] = int((~ok).sum())
+    return metrics
+
+
+def zero_shot_outputs(scores: Tensor, ok: Tensor, data: ClassificationSet) -> dict:
+    """Per-example outputs for reports (confusion matrix, worst classes): the class names, each
+    image's true label and top-1 prediction (-1 for an unreadable image)."""
+    predictions = torch.where(ok, scores.argmax(dim=1), torch.full_like(ok, -1, dtype=torch.long))
+    return {
+        "task": "zero_shot",
+        "classnames": list(data.classnames),
+        "labels": [int(y) for y in data.labels],
+        "predictions": predictions.tolist(),
+    }
+
+
 def evaluate_zero_shot(
     model: SigLIP,
     tokenizer: Tokenizer,
@@ -48,14 +89,5 @@ def evaluate_zero_shot(
 ) -> dict[str, float]:
     """acc1, acc5, mean_per_class_recall over every image of `data`, and the number of unreadable
     images (each counted as wrong). The model is put in eval mode and restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        cls = class_embeddings(model, tokenizer, data.classnames, data.templates, batch_size, bf16, progress)  # (c, d)
-        img, ok = embed_images(model, data.images, transform, batch_size, num_workers, bf16, progress)  # (n, d)
-    finally:
-        model.train(was_training)
-    labels = torch.tensor(data.labels, dtype=torch.long)
-    metrics = zero_shot_metrics(img @ cls.T, labels, ok)
-    metrics["unreadable_images"] = int((~ok).sum())
-    return metrics
+    scores, ok = zero_shot_scores(model, tokenizer, transform, data, batch_size, num_workers, bf16, progress)
+    return zero_shot_results(scores, ok, data)

@@ -48,9 +48,14 @@ def forward_backward(
         return loss.detach()
 
     chunks = list(zip(pixels.split(micro_batch_size), ids.split(micro_batch_size)))
-    # 1. embeddings of the whole batch, no activations kept
+    # 1. embeddings of the whole batch, no activations kept; each chunk's random state is kept so that
+    # step 3 draws the same dropout masks (model.dropout > 0) and re-encodes exactly these embeddings
+    rng_states, embeddings = [], []
     with torch.no_grad(), autocast():
-        embeddings = [forward(p, i) for p, i in chunks]
+        for p, i in chunks:
+            rng_states.append(_rng_state(p.device))
+            embeddings.append(forward(p, i))
+    rng_after = _rng_state(pixels.device)
     zimg = torch.cat([z for z, _ in embeddings]).requires_grad_()
     ztxt = torch.cat([z for _, z in embeddings]).requires_grad_()
     # 2. the loss and its gradient with respect to every embedding and to t', b
@@ -62,10 +67,23 @@ def forward_backward(
     for k, ((p, i), gi, gt) in enumerate(zip(chunks, gimg.split(micro_batch_size), gtxt.split(micro_batch_size))):
         last = k == len(chunks) - 1
         with contextlib.nullcontext() if last else no_sync(forward):
+            _set_rng_state(rng_states[k], p.device)
             with autocast():
                 zi, zt = forward(p, i)
             surrogate = (zi.float() * gi.float()).sum() + (zt.float() * gt.float()).sum()
             if last:
                 surrogate = surrogate + sum((s * g).sum() for s, g in zip(scalars, gscalars) if g is not None)
             surrogate.backward()
+    _set_rng_state(rng_after, pixels.device)
     return loss.detach()
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The CPU generator's state and, on a GPU, that device's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)

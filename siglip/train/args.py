@@ -7,7 +7,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from siglip.config import Config, apply_overrides, load_config_file, set_override, validate
+from siglip.config import Config, apply_overrides, load_config_file, set_override
+from siglip.validation import validate
 
 EXAMPLES = """examples:
   python training/train.py --config configs/demo_config.py

@@ -46,6 +46,7 @@ class Meter:
             dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
             self.peak = peak_tflops(rt.device, dtype, cfg.train.peak_tflops)
             log.info("MFU against a matmul peak of %.3g TFLOP/s per device (%s)", self.peak, dtype)
+        self.grad_norm: Tensor | None = None  # of the last step, before clipping (when optim.grad_clip > 0)
         self.t_last = time.perf_counter()
 
     def add(self, n_global: int) -> None:
@@ -67,6 +68,8 @@ class Meter:
         }
         if self.peak > 0:
             out["mfu"] = mfu(self.flops / self.rt.world_size, 1 / (now - self.t_last), self.peak)
+        if self.grad_norm is not None:
+            out["grad_norm"] = self.grad_norm.item()
         self.seen, self.flops, self.t_last = 0, 0, now
         return out
 
@@ -97,9 +100,10 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(forward, model, pixels, ids, compute_loss, cfg.train.micro_batch_size, autocast)
     sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
+    meter.grad_norm = None  # a step the guard skips logs no norm
     if guard is None or guard.check(loss, model, rt.group):
         if cfg.optim.grad_clip > 0:
-            clip_grad_norm(model, cfg.optim.grad_clip, rt)
+            meter.grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt)
         optimizer.step()
     scheduler.step()
     meter.add(n * rt.world_size)
@@ -151,8 +155,17 @@ def evals_due(cfg: Config, step: int, total_steps: int) -> bool:
     return bool(cfg.evals) and step < total_steps and any(e.every and step % e.every == 0 for e in cfg.evals)
 
 
-def evaluate(cfg: Config, model: SigLIP, tokenizer: Tokenizer, step: int | None) -> dict[str, float]:
-    """Every evaluator of the config due at `step` (all when None). Every rank calls it."""
+def evaluate(
+    cfg: Config,
+    model: SigLIP,
+    tokenizer: Tokenizer,
+    step: int | None,
+    outputs_dir: Path | None = None,
+    final_step: int = 0,
+) -> dict[str, float]:
+    """Every evaluator of the config due at `step` (all when None, the end of training at
+    `final_step`). Every rank calls it; with `outputs_dir` (rank 0, the final evaluation) each
+    evaluator's per-example outputs are written there for reports."""
     d = cfg.data
     bf16 = cfg.train.precision == "bf16"
     return run_evals(
@@ -165,5 +178,7 @@ def evaluate(cfg: Config, model: SigLIP, tokenizer: Tokenizer, step: int | None)
         d.num_workers,
         bf16,
         step,
+        outputs_dir,
+        final_step,
         d.max_num_patches,
     )

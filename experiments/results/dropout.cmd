@@ -1,0 +1,1 @@
+python experiments/dropout.py

@@ -1,0 +1,1 @@
+python experiments/init_t_b.py

@@ -1,0 +1,1 @@
+python experiments/loss_vs_batch.py
