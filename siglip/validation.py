@@ -45,6 +45,10 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 = off)"),
         (tr.log_every > 0, f"train.log_every={tr.log_every}: must be > 0"),
         (0 <= m.dropout < 1, f"model.dropout={m.dropout}: must be in [0, 1)"),
+        (
+            cfg.data.max_num_patches >= 0,
+            f"data.max_num_patches={cfg.data.max_num_patches}: must be >= 0 (0 = fixed size)",
+        ),
         (tr.keep_checkpoints >= 0, f"train.keep_checkpoints={tr.keep_checkpoints}: must be >= 0 (0 = all)"),
         (tr.nonfinite_patience >= 1, f"train.nonfinite_patience={tr.nonfinite_patience}: must be >= 1"),
         (tr.peak_tflops >= 0, f"train.peak_tflops={tr.peak_tflops}: must be >= 0 (0 = measured)"),
@@ -76,6 +80,9 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
     ]
     for name in ("image", "text"):
         t = getattr(m, name)
+        checks.append(
+            (t.gelu in ("", "tanh", "exact"), f"model.{name}.gelu={t.gelu!r}: choose one of ['', 'tanh', 'exact']")
+        )
         ok = min(t.width, t.depth, t.mlp_dim, t.heads) > 0 and t.width % t.heads == 0
         checks.append((ok, f"model.{name}: width {t.width} must split into {t.heads} heads (all sizes > 0)"))
     return checks
