@@ -81,7 +81,7 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
     """`write(f)` to a temporary file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -103,7 +103,7 @@ def digest_path(path: str | Path) -> Path:
 
 
 def _write_digest(path: Path, digest: str) -> None:
-    _atomic_write(digest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    write_atomically(digest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
 
 
 def atomic_save(obj: Any, path: str | Path) -> str:
@@ -119,7 +119,7 @@ def atomic_save(obj: Any, path: str | Path) -> str:
         torch.save(obj, w)
         box.append(w.sha.hexdigest())
 
-    _atomic_write(path, write)
+    write_atomically(path, write)
     _write_digest(path, box[0])
     return box[0]
 
