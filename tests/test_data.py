@@ -103,3 +103,20 @@ def test_augmentation_is_reproducible_per_sample(tmp_path):
     torch.testing.assert_close(a[0][0], b[0][0])
     a.set_epoch(1)
     assert not torch.equal(a[0][0], b[0][0])
+
+
+def test_index_manifests_share_the_training_reader(tmp_path):
+    """`siglip embed`'s manifest source reads rows as training does (a BOM, CRLF, a caption column
+    that may be absent), so a manifest that trains also indexes."""
+    from siglip.index.sources import manifest_items
+
+    write_image(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_bytes('\ufefffilepath,caption\r\na.png,"two\r\nlines"\r\n'.encode())
+    (tmp_path / "n.csv").write_text("filepath\na.png\n")
+    [with_caption] = manifest_items(tmp_path / "m.csv")
+    [without] = manifest_items(tmp_path / "n.csv")
+    assert with_caption.record["caption"] == "two\r\nlines" and "caption" not in without.record
+    assert with_caption.path == without.path == str(tmp_path / "a.png")
+    (tmp_path / "bad.csv").write_text("picture,caption\na.png,x\n")
+    with pytest.raises(ManifestError, match="bad.csv: cannot find the image column"):
+        manifest_items(tmp_path / "bad.csv")

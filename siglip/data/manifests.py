@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
 
@@ -37,7 +38,10 @@ class ManifestError(ValueError):
     """A manifest that cannot be read: the message names the file and line."""
 
 
-def _pick_column(names: list[str], wanted: str, candidates: tuple[str, ...], what: str, path: Path) -> str:
+def _pick_column(
+    names: list[str], wanted: str, candidates: tuple[str, ...], what: str, path: Path, required: bool = True
+) -> str | None:
+    """The named column, else the first of `candidates` present; None when absent and not `required`."""
     if wanted:
         if wanted not in names:
             raise ManifestError(f"{path}: no {what} column {wanted!r}; columns are {names}")
@@ -46,14 +50,19 @@ def _pick_column(names: list[str], wanted: str, candidates: tuple[str, ...], wha
     for c in candidates:
         if c in lower:
             return lower[c]
+    if not required:
+        return None
     raise ManifestError(
         f"{path}: cannot find the {what} column among {names}; name it with "
-        f"--config.data.{'image' if what == 'image' else 'caption'}_column=NAME (looked for {list(candidates)})"
+        f"--config.data.{what}_column=NAME in training, --{what}-column NAME in the siglip command "
+        f"(looked for {list(candidates)})"
     )
 
 
-def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterator[tuple[int, object, object]]:
-    """(line number, image, caption) per non-empty line of a JSONL manifest."""
+def _jsonl_rows(
+    f, path: Path, image_column: str, caption_column: str, caption_required: bool
+) -> Iterator[tuple[int, object, object]]:
+    """(line number, image, caption or None) per non-empty line of a JSONL manifest."""
     img_col = cap_col = None
     for line_no, line in enumerate(f, 1):
         if not line.strip():
@@ -66,14 +75,16 @@ def _jsonl_rows(f, path: Path, image_column: str, caption_column: str) -> Iterat
             raise ManifestError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
         if img_col is None:
             img_col = _pick_column(list(row), image_column, IMAGE_COLUMNS, "image", path)
-            cap_col = _pick_column(list(row), caption_column, CAPTION_COLUMNS, "caption", path)
-        if img_col not in row or cap_col not in row:
+            cap_col = _pick_column(list(row), caption_column, CAPTION_COLUMNS, "caption", path, caption_required)
+        if img_col not in row or (caption_required and cap_col not in row):
             raise ManifestError(f"{path}:{line_no}: missing key {img_col!r} or {cap_col!r}")
-        yield line_no, row[img_col], row[cap_col]
+        yield line_no, row[img_col], row.get(cap_col) if cap_col else None
 
 
-def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: str) -> Iterator[tuple[int, str, str]]:
-    """(line number, image, caption) per non-empty row of a CSV/TSV manifest with a header row."""
+def _csv_rows(
+    f, path: Path, delimiter: str, image_column: str, caption_column: str, caption_required: bool
+) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, image, caption or None) per non-empty row of a CSV/TSV manifest with a header row."""
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # the default 128k chars fails long captions
     reader = csv.reader(f, delimiter=delimiter)
     try:
@@ -81,7 +92,8 @@ def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: 
     except StopIteration:
         raise ManifestError(f"{path}: empty manifest (a header row is needed)") from None
     img_i = header.index(_pick_column(header, image_column, IMAGE_COLUMNS, "image", path))
-    cap_i = header.index(_pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path))
+    cap_col = _pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path, caption_required)
+    cap_i = header.index(cap_col) if cap_col else None
     try:
         for row in reader:
             if not row or all(not c.strip() for c in row):
@@ -91,9 +103,29 @@ def _csv_rows(f, path: Path, delimiter: str, image_column: str, caption_column: 
                     f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)} "
                     "(a caption with the delimiter in it must be quoted)"
                 )
-            yield reader.line_num, row[img_i], row[cap_i]
+            yield reader.line_num, row[img_i], row[cap_i] if cap_i is not None else None
     except csv.Error as e:
         raise ManifestError(f"{path}:{reader.line_num}: {e}") from None
+
+
+def manifest_rows(
+    path: str | Path, image_column: str = "", caption_column: str = "", caption_required: bool = True
+) -> Iterator[tuple[int, object, object]]:
+    """(line number, image, caption) per row of a CSV/TSV (with a header row) or JSONL manifest, as
+    written; caption is None when the column is absent and not required. UTF-8 with or without a
+    byte-order mark, LF or CRLF; quoted fields may hold newlines and be long."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_EXTENSIONS:
+        raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
+        if suffix == ".jsonl":
+            yield from _jsonl_rows(f, path, image_column, caption_column, caption_required)
+        else:
+            delimiter = "\t" if suffix == ".tsv" else ","
+            yield from _csv_rows(f, path, delimiter, image_column, caption_column, caption_required)
 
 
 def read_manifest(path: str | Path, image_column: str = "", caption_column: str = "") -> list[Pair]:
@@ -101,29 +133,19 @@ def read_manifest(path: str | Path, image_column: str = "", caption_column: str 
     UTF-8 with or without a byte-order mark, LF or CRLF, quoted fields may hold newlines; rows with
     an empty caption are skipped and counted in the log."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
     root = path.resolve().parent
-    suffix = path.suffix.lower()
-    if suffix not in MANIFEST_EXTENSIONS:
-        raise ManifestError(f"{path}: unknown manifest type; expected one of {MANIFEST_EXTENSIONS}")
     pairs: list[Pair] = []
     empty: list[int] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
-        if suffix == ".jsonl":
-            rows = _jsonl_rows(f, path, image_column, caption_column)
-        else:
-            rows = _csv_rows(f, path, "\t" if suffix == ".tsv" else ",", image_column, caption_column)
-        for line_no, image, caption in rows:
-            if not isinstance(image, str) or not image.strip():
-                raise ManifestError(f"{path}:{line_no}: empty or missing image path")
-            if not isinstance(caption, str):
-                raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
-            if not caption.strip():
-                empty.append(line_no)
-                continue
-            image_path = Path(image.strip())
-            pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
+    for line_no, image, caption in manifest_rows(path, image_column, caption_column):
+        if not isinstance(image, str) or not image.strip():
+            raise ManifestError(f"{path}:{line_no}: empty or missing image path")
+        if not isinstance(caption, str):
+            raise ManifestError(f"{path}:{line_no}: caption is not text: {caption!r}")
+        if not caption.strip():
+            empty.append(line_no)
+            continue
+        image_path = Path(image.strip())
+        pairs.append((str(image_path if image_path.is_absolute() else root / image_path), caption))
     if empty:
         log.warning("%s: %d rows with an empty caption skipped (first at line %d)", path, len(empty), empty[0])
     if not pairs:
@@ -171,8 +193,8 @@ def find_pairs(data_path: str, image_column: str = "", caption_column: str = "",
     )
 
 
-def load_image(path: str) -> Image.Image:
-    """Open and fully decode (so truncated files fail here, not later)."""
+def load_image(path: str | IO[bytes]) -> Image.Image:
+    """Open (a path or a binary file object) and fully decode, so truncated files fail here, not later."""
     with Image.open(path) as img:
         img.load()
         return img.copy() if img.mode in ("RGB", "L") else to_rgb(img)

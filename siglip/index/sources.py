@@ -13,9 +13,7 @@ texts), so an interrupted or repeated run embeds only the items whose keys the i
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from siglip.data.manifests import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTENSIONS, ManifestError, load_image
+from siglip.data.manifests import IMAGE_EXTENSIONS, ManifestError, load_image, manifest_rows
 from siglip.data.webdataset import IMAGE_EXTS, is_shard_pattern, shard_list
 
 
@@ -44,9 +42,7 @@ class Item:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read(self.size)
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.copy() if img.mode in ("RGB", "L") else img.convert("RGB")
+        return load_image(io.BytesIO(data))
 
 
 def folder_items(root: Path) -> list[Item]:
@@ -54,52 +50,20 @@ def folder_items(root: Path) -> list[Item]:
     return [Item(os.path.abspath(p), {"path": os.path.abspath(p)}, os.path.abspath(p)) for p in paths]
 
 
-def _column(names: list[str], wanted: str, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
-    if wanted:
-        if wanted not in names:
-            raise ManifestError(f"{path}: no {what} column {wanted!r}; columns are {names}")
-        return wanted
-    lower = {n.lower(): n for n in names}
-    return next((lower[c] for c in candidates if c in lower), None)
-
-
-def _manifest_rows(path: Path) -> list[tuple[int, dict]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".jsonl":
-            rows = []
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ManifestError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise ManifestError(f"{path}:{line_no}: expected a JSON object")
-                    rows.append((line_no, row))
-            return rows
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
-
-
 def manifest_items(path: Path, image_column: str = "", caption_column: str = "") -> list[Item]:
-    rows = _manifest_rows(path)
-    if not rows:
-        raise ManifestError(f"{path}: no rows")
-    names = list(rows[0][1])
-    img_col = _column(names, image_column, IMAGE_COLUMNS, "image", path)
-    if img_col is None:
-        raise ManifestError(f"{path}: cannot find the image column among {names}; name it with --image-column")
-    cap_col = _column(names, caption_column, CAPTION_COLUMNS, "caption", path)
+    """One item per manifest row (the training reader's rows: BOM, CRLF, long quoted fields); the
+    caption column is optional here."""
     root, items = path.resolve().parent, []
-    for line_no, row in rows:
-        image = row.get(img_col)
+    for line_no, image, caption in manifest_rows(path, image_column, caption_column, caption_required=False):
         if not isinstance(image, str) or not image.strip():
-            raise ManifestError(f"{path}:{line_no}: empty or missing image path in column {img_col!r}")
+            raise ManifestError(f"{path}:{line_no}: empty or missing image path")
         p = os.path.abspath(root / image.strip())
         record = {"path": p, "line": line_no}
-        if cap_col is not None and isinstance(row.get(cap_col), str):
-            record["caption"] = row[cap_col]
+        if isinstance(caption, str):
+            record["caption"] = caption
         items.append(Item(f"{line_no}:{p}", record, p))
+    if not items:
+        raise ManifestError(f"{path}: no rows")
     return items
 
 
