@@ -13,7 +13,7 @@ backward, AdamW step; each library's own loss and a default AdamW for the peers,
 builds it), image-embedding img/s and text-embedding texts/s (inference mode), in fp32 and under
 bf16 autocast. Each repeat times every model once, in rotated order (so slow drifts of a shared
 machine hit all alike); the table shows medians, the ratios ours/peer, and MFU (siglip.flops: the
-analytic FLOPs over the matmul peak measured once and cached, or --peak-tflops).
+analytic FLOPs over the matmul peak measured at the end of the same run, or --peak-tflops).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from siglip import flops  # noqa: E402
+from siglip import flops, inference  # noqa: E402
 from siglip.config import OptimConfig  # noqa: E402
 from siglip.interop.hf import hf_config_json, hf_state  # noqa: E402
 from siglip.interop.open_clip import open_clip_config, open_clip_rules  # noqa: E402
@@ -94,7 +94,12 @@ def ours_fns(model: SigLIP) -> dict:
         sigmoid_loss(zimg, ztxt, model.t, model.b).backward()
         opt.step()
 
-    return {"train": train, "image": model.encode_image, "text": model.encode_text}
+    # embedding as siglip.load(...).embed_images / embed_texts and the evaluations run it (siglip.inference)
+    return {
+        "train": train,
+        "image": lambda p: inference.encode_image(model, p),
+        "text": lambda i: inference.encode_text(model, i),
+    }
 
 
 def transformers_fns(model) -> dict:
@@ -163,6 +168,8 @@ def run(args, models: dict, fns: dict, pixels, ids, progress) -> dict:
     results: dict = {}
     inputs = {"train": (pixels, ids), "image": (pixels,), "text": (ids,)}
     for task in args.tasks:
+        for m in models.values():  # training mode to train, eval mode to embed, for all three alike
+            m.train(task == "train")
         for precision in args.precisions:
             row = results.setdefault((task, precision), {m: [] for m in models})
             for m in models:  # warm-up: first-call costs (allocator, kernels, compilation)
@@ -184,10 +191,12 @@ def table(results: dict, cfg, args) -> list[dict]:
         "image": flops.image_flops(cfg),
         "text": flops.text_flops(cfg),
     }
-    rows = []
+    rows, peaks = [], {}
     for (task, precision), by_model in results.items():
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        peak = flops.peak_tflops(args.device, dtype, args.peak_tflops)
+        if dtype not in peaks:  # measured now, in the same run as the rates it divides
+            peaks[dtype] = flops.peak_tflops(args.device, dtype, args.peak_tflops, fresh=True)
+        peak = peaks[dtype]
         med = {m: statistics.median(v) for m, v in by_model.items()}
         row = {"task": task, "precision": precision, "unit": UNITS[task], "peak_tflops": peak}
         for m, v in med.items():
@@ -246,7 +255,7 @@ def main(argv=None) -> None:
     models = {"ours": ours, "transformers": transformers_from_ours(ours), "open_clip": oc}
     cfg = ours.config
     for m in models.values():
-        m.to(args.device).train()
+        m.to(args.device)
     fns = {
         "ours": ours_fns(ours),
         "transformers": transformers_fns(models["transformers"]),

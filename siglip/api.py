@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from siglip import inference
 from siglip.checkpoint import tokenizer_from_payload
 from siglip.config import model_config_from_dict
 from siglip.data import load_image
@@ -156,7 +157,7 @@ class Model:
     @torch.inference_mode()
     def encode_prepared(self, inputs: Tensor | NaFlexPatches) -> Tensor:
         """`prepare`'s output (n, 3, S, S) or NaFlex patches -> (n, d) float32 unit rows on the model's device."""
-        z = self.model.encode_image(inputs.to(self.device, self.dtype, non_blocking=True))
+        z = inference.encode_image(self.model, inputs.to(self.device, self.dtype, non_blocking=True))
         return l2_normalize(z.float())
 
     # ---------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class Model:
         starts = range(0, len(texts), batch_size)
         for s in tqdm(starts, desc="texts", unit="batch", disable=not progress, leave=False):
             ids = tok(texts[s : s + batch_size]).to(self.device)
-            out.append(l2_normalize(self.model.encode_text(ids).float()).cpu())
+            out.append(l2_normalize(inference.encode_text(self.model, ids).float()).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     @torch.inference_mode()

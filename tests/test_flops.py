@@ -70,13 +70,24 @@ def test_mfu_and_the_peak_cache(tmp_path, monkeypatch):
     assert flops.mfu(2e12, 0.25, 1.0) == pytest.approx(0.5)
     assert flops.peak_tflops(torch.device("cpu"), torch.float32, given=12.5) == 12.5
     monkeypatch.setenv("SIGLIP_CACHE", str(tmp_path))
+    measured = iter([0.17, 0.12, 0.20, 0.15])
     calls = []
-    monkeypatch.setattr(flops, "measure_matmul_tflops", lambda d, t: calls.append(t) or 0.17)
-    assert flops.peak_tflops(torch.device("cpu"), torch.float32) == 0.17
-    assert flops.peak_tflops(torch.device("cpu"), torch.float32) == 0.17  # cached: measured once
+    monkeypatch.setattr(flops, "measure_matmul_tflops", lambda d, t: calls.append(t) or next(measured))
+    cpu = torch.device("cpu")
+    assert flops.peak_tflops(cpu, torch.float32) == 0.17
+    assert flops.peak_tflops(cpu, torch.float32) == 0.17  # cached: measured once
     assert calls == [torch.float32]
     (key,) = json.loads((tmp_path / "peak_tflops.json").read_text())
     assert "float32" in key and "threads" in key
+    # fresh: this run's measurement is returned; the cache keeps the best one (a busy machine reads low)
+    assert flops.peak_tflops(cpu, torch.float32, fresh=True) == 0.12
+    assert flops.peak_tflops(cpu, torch.float32) == 0.17
+    assert flops.peak_tflops(cpu, torch.float32, fresh=True) == 0.20
+    assert flops.peak_tflops(cpu, torch.float32) == 0.20
+    # an entry older than CACHE_DAYS (or in the older bare-number format) is measured again
+    (tmp_path / "peak_tflops.json").write_text(json.dumps({key: 0.5}))
+    assert flops.peak_tflops(cpu, torch.float32) == 0.15
+    assert len(calls) == 4
 
 
 def test_measured_matmul_peak_is_positive():

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from siglip import inference
 from siglip.data.manifests import load_image
 from siglip.model import SigLIP
 from siglip.naflex import stack_images
@@ -83,9 +84,10 @@ def embed_images(
         if pixels is None:
             continue
         with autocast(device, bf16):
-            z = model.encode_image(pixels.to(device, non_blocking=True))
+            z = inference.encode_image(model, pixels.to(device, non_blocking=True))
         emb[index] = z.float().cpu()
         ok[index] = True
+    inference.forget(model)  # the packed copy (siglip.inference) is for this pass only
     bad = int((~ok).sum())
     if bad:
         log.warning("%d of %d images could not be read: each counts as a miss", bad, len(images))
@@ -110,5 +112,6 @@ def embed_texts(
     for s in tqdm(starts, desc="texts", unit="batch", disable=not progress, leave=False):
         ids = tokenizer(list(texts[s : s + batch_size])).to(device)
         with autocast(device, bf16):
-            out.append(model.encode_text(ids).float().cpu())
+            out.append(inference.encode_text(model, ids).float().cpu())
+    inference.forget(model)
     return torch.cat(out) if out else torch.zeros(0, model.config.out_dim)
