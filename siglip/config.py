@@ -98,6 +98,7 @@ class DataConfig:
     crop_scale_min: float = 0.5
     horizontal_flip: bool = False
     color_jitter: float = 0.0  # strength for brightness/contrast/saturation; 0 = off
+    jpeg_draft: bool = True  # decode training JPEGs at 1/2-1/8 scale when that still covers the crop; evals: in full
     digits_root: str = "data/digits"
     # webdataset shards (`--data-path '/data/{00000..00099}.tar'`): caption in KEY.txt or KEY.json's caption_column
     shuffle_buffer: int = 1000  # samples held for shuffling, per worker; 0 = stream order

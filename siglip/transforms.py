@@ -70,6 +70,16 @@ def image_transform(
     return T.Compose(steps)
 
 
+def draft_size(image_size: int, random_resized_crop: bool = False, crop_scale_min: float = 1.0) -> int:
+    """The smallest image side the training transform needs not to upsample: `image_size` for a
+    whole-image resize; for random crops (area >= crop_scale_min, aspect 3/4-4/3, so a side down to
+    sqrt(crop_scale_min * 3/4) of the image's) image_size / sqrt(crop_scale_min * 3/4). JPEGs are
+    decoded at reduced scale down to this (`siglip.data.load_image`)."""
+    if not random_resized_crop:
+        return image_size
+    return math.ceil(image_size / math.sqrt(crop_scale_min * 3 / 4))
+
+
 # --------------------------------------------------------------------------------------------------
 # NaFlex (SigLIP 2 Siglip2Model): each image at its own aspect ratio, as a padded patch sequence
 

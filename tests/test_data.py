@@ -17,7 +17,7 @@ from siglip.data import (
 )
 from siglip.transforms import image_transform
 
-from .conftest import write_image
+from .conftest import REPO, write_image
 
 
 def test_csv_manifest_with_detected_columns_and_relative_paths(tmp_path):
@@ -120,3 +120,56 @@ def test_index_manifests_share_the_training_reader(tmp_path):
     (tmp_path / "bad.csv").write_text("picture,caption\na.png,x\n")
     with pytest.raises(ManifestError, match="bad.csv: cannot find the image column"):
         manifest_items(tmp_path / "bad.csv")
+
+
+def photo_jpeg(path, size=(640, 480)):
+    """A smooth-gradient JPEG: decoded at reduced scale it must look like the full decode resized."""
+    from PIL import Image
+
+    x = torch.linspace(0, 1, size[0])[None, :, None]
+    y = torch.linspace(0, 1, size[1])[:, None, None]
+    rgb = torch.cat([x.expand(size[1], -1, 1), y.expand(-1, size[0], 1), (x * y).expand(size[1], size[0], 1)], -1)
+    Image.fromarray((rgb * 255).byte().numpy()).save(path, quality=92)
+    return path
+
+
+def test_jpeg_draft_decodes_at_reduced_scale_that_still_covers_the_crop(tmp_path):
+    from siglip.data import load_image
+    from siglip.transforms import draft_size
+
+    jpg = photo_jpeg(tmp_path / "a.jpg")
+    png = write_image(tmp_path / "a.png", size=(640, 480))
+    assert load_image(jpg).size == (640, 480)  # no draft: in full
+    assert load_image(jpg, 224).size == (320, 240)  # 1/2 scale: both sides still >= 224
+    assert load_image(jpg, 100).size == (160, 120)  # 1/4
+    assert load_image(jpg, 300).size == (640, 480)  # 1/2 would give 240 < 300: in full
+    assert load_image(png, 100).size == (640, 480)  # only JPEGs have a draft mode
+    assert draft_size(224) == 224
+    assert draft_size(224, random_resized_crop=True, crop_scale_min=0.5) == 366  # 224 / sqrt(0.5 * 3/4)
+    # the training transform's output is close to the full decode's (the DCT did the downscaling)
+    tf = image_transform(224)
+    full, drafted = tf(load_image(jpg)), tf(load_image(jpg, 224))
+    assert drafted.shape == full.shape == (3, 224, 224)
+    assert (drafted - full).abs().mean() < 0.02  # of a [-1, 1] range
+
+
+def test_training_data_decodes_jpegs_in_draft_mode_unless_turned_off(tmp_path, tokenizer):
+    from siglip.config import load_config_file
+    from siglip.distributed import Runtime
+    from siglip.train.build import build_data, find_source
+
+    rows = ["image,caption"] + [f"{i}.jpg,a gradient {i}" for i in range(4)]
+    for i in range(4):
+        photo_jpeg(tmp_path / f"{i}.jpg")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config_file(REPO / "configs/demo_config.py")
+    cfg.data.path, cfg.data.num_workers, cfg.train.batch_size = str(tmp_path / "pairs.csv"), 0, 4
+    seen = {}
+    for on in (True, False):
+        cfg.data.jpeg_draft = on
+        data = build_data(cfg, find_source(cfg), tokenizer, Runtime())
+        (batch,) = list(data.batches(0, 0))
+        seen[on] = batch["pixels"]
+    assert seen[True].shape == seen[False].shape == (4, 3, cfg.model.image_size, cfg.model.image_size)
+    assert not torch.equal(seen[True], seen[False])  # drafted: decoded at 1/8 scale for the demo's 16 px
+    assert (seen[True] - seen[False]).abs().mean() < 0.05

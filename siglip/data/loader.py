@@ -25,10 +25,11 @@ class PairDataset(Dataset):
     Augmentation randomness is seeded per (seed, epoch, index), so batches are the same whatever
     the worker count and after a resume."""
 
-    def __init__(self, pairs: list[Pair], transform: Callable[[Image.Image], Tensor], seed: int = 0):
+    def __init__(self, pairs: list[Pair], transform: Callable[[Image.Image], Tensor], seed: int = 0, draft: int = 0):
         self.pairs = pairs
         self.transform = transform
         self.seed = seed
+        self.draft = draft  # JPEGs decoded at reduced scale down to this side (load_image); 0 = in full
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -40,7 +41,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, str] | None:
         path, caption = self.pairs[i]
         try:
-            img = load_image(path)
+            img = load_image(path, self.draft)
         except Exception as e:  # noqa: BLE001 - any decode failure means "skip this sample"
             log.warning("skipping unreadable image %s: %s", path, e)
             return None

@@ -193,8 +193,15 @@ def find_pairs(data_path: str, image_column: str = "", caption_column: str = "",
     )
 
 
-def load_image(path: str | IO[bytes]) -> Image.Image:
-    """Open (a path or a binary file object) and fully decode, so truncated files fail here, not later."""
+def load_image(path: str | IO[bytes], draft: int = 0) -> Image.Image:
+    """Open (a path or a binary file object) and fully decode, so truncated files fail here, not later.
+
+    `draft` > 0 (training): a JPEG is decoded at 1/2, 1/4 or 1/8 scale, the smallest whose sides
+    both stay >= `draft` px (PIL's draft mode: the inverse DCT does the downscaling, at a fraction
+    of the cost of decoding every pixel and resizing them). Other formats ignore it; evaluation and
+    embedding decode in full, as the released models' preprocessing does."""
     with Image.open(path) as img:
+        if draft > 0 and img.format == "JPEG":
+            img.draft(None, (draft, draft))
         img.load()
         return img.copy() if img.mode in ("RGB", "L") else to_rgb(img)

@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from siglip.data.manifests import CAPTION_COLUMNS
+from siglip.data.manifests import CAPTION_COLUMNS, load_image
 from siglip.naflex import stack_images
 from siglip.transforms import to_rgb
 
@@ -103,15 +103,14 @@ def tar_samples(path: str, errors: list[int]) -> Iterator[Sample]:
         yield key, parts
 
 
-def decode(sample: Sample, caption_key: str = "") -> tuple[Image.Image, str]:
-    """(RGB image, caption) of a sample; raises ValueError naming the key if it has no usable pair."""
+def decode(sample: Sample, caption_key: str = "", draft: int = 0) -> tuple[Image.Image, str]:
+    """(RGB image, caption) of a sample; raises ValueError naming the key if it has no usable pair.
+    `draft`: as `load_image`'s (JPEGs decoded at reduced scale down to this side; 0 = in full)."""
     key, parts = sample
     ext = next((e for e in IMAGE_EXTS if e in parts), None)
     if ext is None:
         raise ValueError(f"{key}: no image among {sorted(parts)}")
-    with Image.open(io.BytesIO(parts[ext])) as img:
-        img.load()
-        image = to_rgb(img.copy())
+    image = to_rgb(load_image(io.BytesIO(parts[ext]), draft))
     if "txt" in parts and not caption_key:
         caption = parts["txt"].decode("utf-8-sig").strip()
     elif "json" in parts:
@@ -168,6 +167,7 @@ class TarStream(IterableDataset):
         resampled: bool = False,
         repeat: bool = False,
         caption_key: str = "",
+        draft: int = 0,
     ):
         if not resampled and len(shards) < world_size:
             raise ValueError(f"{len(shards)} shards for {world_size} processes: each needs at least one")
@@ -179,6 +179,7 @@ class TarStream(IterableDataset):
             repeat,
             caption_key,
         )
+        self.draft = draft  # JPEGs decoded at reduced scale down to this side (load_image); 0 = in full
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -212,7 +213,7 @@ class TarStream(IterableDataset):
         good: list[tuple[Tensor, str, str]] = []
         for sample in samples:
             try:
-                image, caption = decode(sample, self.caption_key)
+                image, caption = decode(sample, self.caption_key, self.draft)
                 good.append((self.transform(image), caption, sample[0]))
             except Exception as e:  # noqa: BLE001 - any decode failure means "skip this sample"
                 log.warning("skipping sample %s: %s", sample[0], e)

@@ -22,7 +22,7 @@ from siglip.interop import load_into, load_pretrained
 from siglip.model import SigLIP
 from siglip.optim import freeze_towers
 from siglip.tokenizer import Tokenizer
-from siglip.transforms import model_transform
+from siglip.transforms import draft_size, model_transform
 
 log = logging.getLogger("train")
 
@@ -131,8 +131,11 @@ def build_data(cfg: Config, source: Source, tokenizer: Tokenizer, rt: Runtime) -
         horizontal_flip=d.horizontal_flip,
         color_jitter=d.color_jitter,
     )
+    draft = 0  # NaFlex sizes depend on each image's aspect: decoded in full
+    if d.jpeg_draft and not cfg.model.naflex:
+        draft = draft_size(cfg.model.image_size, d.random_resized_crop, d.crop_scale_min)
     if not source.streaming:
-        dataset = PairDataset(source.pairs, transform, seed=tc.seed)
+        dataset = PairDataset(source.pairs, transform, seed=tc.seed, draft=draft)
         spe = steps_per_epoch(len(dataset), tc.batch_size)
         batches = lambda epoch, start: epoch_loader(
             dataset, tokenizer, tc.batch_size, epoch, start, d.num_workers, rt.rank, rt.world_size
@@ -153,6 +156,7 @@ def build_data(cfg: Config, source: Source, tokenizer: Tokenizer, rt: Runtime) -
         resampled=d.resampled,
         repeat=True,
         caption_key=d.caption_column,
+        draft=draft,
     )
     spe = steps_per_epoch(n_samples, tc.batch_size)
     return TrainData(lambda epoch, start: stream_loader(stream, epoch, start, spe, d.num_workers), n_samples, spe)
