@@ -163,14 +163,25 @@ def packed_tower(tower: nn.Module) -> nn.Module:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The `SigLIP` inside a `siglip.api.Model` (which holds it as `.model`); anything else as given."""
-    inner = model.__dict__.get("model")
-    return inner if isinstance(inner, SigLIP) else model
+    """The `SigLIP` inside a `siglip.api.Model` (held as `.model`) or a DDP / compile wrapper (held
+    as the submodule `module`); anything else as given. Embedding needs none of the wrappers' hooks."""
+    inner = model
+    for _ in range(4):
+        if isinstance(inner, SigLIP):
+            return inner
+        nxt = inner.__dict__.get("model")
+        if nxt is None and isinstance(inner, nn.Module):
+            nxt = inner._modules.get("module")
+        if nxt is None:
+            break
+        inner = nxt
+    return model
 
 
 def forget(model: nn.Module) -> None:
     """Drop the packed copies of `model`'s towers (the evaluations during training call this after
     each pass, so the copy does not stay in memory between evaluations)."""
+    model = _unwrap(model)
     for tower in (getattr(model, "image", None), getattr(model, "text", None)):
         if tower is not None:
             _PACKED.pop(tower, None)
@@ -179,7 +190,7 @@ def forget(model: nn.Module) -> None:
 def encode_image(model: SigLIP, pixels, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
     """`model.encode_image(...)`, through the packed image tower where it applies."""
     model = _unwrap(model)
-    if not isinstance(model, SigLIP):  # a wrapper (DDP, FSDP, a compiled module): its own forward
+    if not isinstance(model, SigLIP):  # something else with an encode_image: its own
         return model.encode_image(pixels, mask, spatial_shapes)
     if isinstance(pixels, NaFlexPatches):
         pixels, mask, spatial_shapes = pixels

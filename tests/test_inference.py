@@ -109,6 +109,21 @@ def test_module_itself_where_packing_does_not_apply():
     model = small_model()
     assert inference.packed_tower(model.train().image) is model.image  # training: dropout, gradients
     assert inference.packed_tower(model.eval().half().image) is model.image  # fp16: no oneDNN kernel here
-    wrapper = torch.nn.Sequential(model)  # a wrapper (DDP, a compiled module) calls its own forward
-    with pytest.raises(AttributeError):
-        inference.encode_image(wrapper, inputs()[0])
+    with pytest.raises(AttributeError):  # not a SigLIP nor a known wrapper of one: its own encode_image
+        inference.encode_image(torch.nn.Sequential(model), inputs()[0])
+
+
+@torch.inference_mode()
+def test_wrapped_models_embed_through_the_packed_towers():
+    from siglip.api import Model
+    from siglip.compile import CompiledOrEager
+
+    model = small_model()
+    pixels, ids = inputs()
+    want = model.encode_image(pixels), model.encode_text(ids)
+    for wrapped in (Model(model, None, None), CompiledOrEager(model)):
+        got = inference.encode_image(wrapped, pixels), inference.encode_text(wrapped, ids)
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    assert model.image in inference._PACKED and model.text in inference._PACKED
+    inference.forget(Model(model, None, None))
+    assert model.image not in inference._PACKED and model.text not in inference._PACKED
