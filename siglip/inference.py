@@ -18,7 +18,7 @@ The packed copy is made at the first call and kept while the weights are unchang
 each parameter's storage and version counter, so an optimizer step or `load_state_dict` between two
 evaluations repacks. It costs the weights once more in the packed dtype (bf16: half the fp32 size);
 `SIGLIP_PACKED=0` in the environment turns packing off.
-B/16 on 2 CPU cores, batch 8: 1.2x the module's speed in bf16 and 1.25x in fp32
+B/16 on 2 CPU cores, batch 8: 1.1-1.2x the module's speed in bf16 and 1.25-1.4x in fp32
 (`benchmarks/throughput.py` compares it with transformers and open_clip).
 """
 
