@@ -15,6 +15,8 @@ from siglip.transforms import naflex_preprocess
 pytestmark = pytest.mark.skipif(
     inference.compute_dtype(torch.nn.Linear(2, 2).eval()) is None, reason="no oneDNN in this torch build"
 )
+BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no oneDNN bf16 kernels (no AVX-512 bf16 / AMX)")
 
 
 @torch.inference_mode(False)  # weights made inside a test under inference mode are ordinary tensors
@@ -55,6 +57,7 @@ def test_packed_fp32_equals_module(gelu, text_head):
     torch.testing.assert_close(inference.encode_text(model, ids), model.encode_text(ids), rtol=0, atol=2e-6)
 
 
+@needs_bf16
 @torch.inference_mode()
 def test_packed_bf16_autocast_matches_module_under_autocast():
     model = small_model()
@@ -70,6 +73,7 @@ def test_packed_bf16_autocast_matches_module_under_autocast():
         assert torch.nn.functional.cosine_similarity(g.float(), w.float()).min() > 0.999
 
 
+@needs_bf16
 @torch.inference_mode()
 def test_packed_bf16_weights():
     model = small_model(dtype=torch.bfloat16)
@@ -77,6 +81,17 @@ def test_packed_bf16_weights():
     assert inference.compute_dtype(model.image) == torch.bfloat16
     got, want = inference.encode_image(model, pixels.bfloat16()), model.encode_image(pixels.bfloat16())
     assert torch.nn.functional.cosine_similarity(got.float(), want.float()).min() > 0.999
+
+
+@pytest.mark.skipif(BF16, reason="this CPU has oneDNN bf16 kernels")
+@torch.inference_mode()
+def test_bf16_without_onednn_kernels_runs_the_module():
+    model = small_model(dtype=torch.bfloat16)
+    pixels, _ = inputs()
+    assert inference.compute_dtype(model.image) is None  # the module itself runs: same output, bit for bit
+    torch.testing.assert_close(
+        inference.encode_image(model, pixels.bfloat16()), model.encode_image(pixels.bfloat16()), rtol=0, atol=0
+    )
 
 
 @torch.inference_mode()
