@@ -19,6 +19,7 @@ from siglip.config import Config, ModelConfig
 from siglip.distributed import Runtime
 from siglip.loss import loss_from_config
 from siglip.model import SigLIP
+from siglip.naflex import NaFlexPatches
 from siglip.optim import build_optimizer, build_scheduler, step_unless
 from siglip.train.guard import DivergenceError, DivergenceGuard
 from siglip.train.loop import Meter, train_step
@@ -66,18 +67,24 @@ def setup(device: str, **overrides):
     return parts, Meter(rt, cfg), DivergenceGuard(patience=5)
 
 
-def batch(step: int, device: str) -> dict:
+def batch(step: int, naflex: bool) -> dict:
+    """8 pairs as the data loader gives them (on the host); step 1 holds a NaN."""
     g = torch.Generator().manual_seed(step)
-    pixels = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1
-    if step == 1:
-        pixels[0, 0, 0, 0] = float("nan")  # a non-finite step goes through the same path
+    if naflex:  # 4x4 patches of 4x4 px at most, images of three shapes
+        shapes = torch.tensor([[4, 4], [2, 3], [3, 5], [1, 1]] * 2)
+        mask = torch.arange(16)[None, :] < shapes.prod(-1)[:, None]  # (8, 16): real patches first
+        pixels = NaFlexPatches((torch.rand(8, 16, 48, generator=g) * 2 - 1) * mask[..., None], mask, shapes)
+        pixels.patches[0, 0, 0] = float("nan") if step == 1 else pixels.patches[0, 0, 0]
+    else:
+        pixels = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1
+        pixels[0, 0, 0, 0] = float("nan") if step == 1 else pixels[0, 0, 0, 0]  # a skipped step: the same path
     return {"pixels": pixels, "ids": torch.randint(0, 64, (8, 8), generator=g), "skipped": 0}
 
 
 def run_steps(device: str, mode, **overrides) -> DivergenceGuard:
     (model, loss, optimizer, scheduler, cfg, rt), meter, guard = setup(device, **overrides)
     for step in range(3):
-        b = batch(step, device)
+        b = batch(step, cfg.model.naflex)
         with mode:
             train_step(b, model, model, loss, optimizer, scheduler, cfg, rt, contextlib.nullcontext, meter, guard)
     guard.poll()  # a logged step: the host reads the flags now
@@ -90,6 +97,7 @@ CASES = {
     "micro_batches": {"train__micro_batch_size": 4},
     "hard_negatives": {"loss__negatives": "hard", "loss__negative_ratio": 0.5},
     "random_negatives": {"loss__negatives": "random", "loss__negative_ratio": 0.5},
+    "naflex": {"model__naflex": True},  # its spatial shapes stay on the host
 }
 
 
