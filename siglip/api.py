@@ -15,6 +15,9 @@ Images reach the image tower in two steps: `preprocess` (the checkpoint's own, b
 `siglip.transforms.checkpoint_transform`: one image -> its model input), stacked by `prepare`, and
 `encode_prepared` (model inputs -> unit fp32 rows), the one call into the image tower. `embed_images`,
 `score`, `classify` and the `siglip` command (whose DataLoader workers apply `preprocess`) all use them.
+`encode_image` / `encode_text` (the module's signatures, for code written against `SigLIP`) run the
+same packed towers (`siglip.inference`), so every embedding method runs at one speed; training uses
+the module, `model.model`.
 """
 
 from __future__ import annotations
