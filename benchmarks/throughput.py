@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from siglip import flops, inference  # noqa: E402
+from siglip import flops  # noqa: E402
+from siglip.api import Model  # noqa: E402
 from siglip.config import OptimConfig  # noqa: E402
 from siglip.interop.hf import hf_config_json, hf_state  # noqa: E402
 from siglip.interop.open_clip import open_clip_config, open_clip_rules  # noqa: E402
@@ -40,6 +41,7 @@ from siglip.interop.rules import apply_rules  # noqa: E402
 from siglip.loss import sigmoid_loss  # noqa: E402
 from siglip.model import SigLIP, set_fused_qkv  # noqa: E402
 from siglip.optim import build_optimizer  # noqa: E402
+from siglip.transforms import image_transform  # noqa: E402
 
 OPEN_CLIP_NAMES = {"B/16": "ViT-B-16-SigLIP", "L/16": "ViT-L-16-SigLIP-256", "So400m/14": "ViT-SO400M-14-SigLIP"}
 MODELS = ("ours", "transformers", "open_clip")
@@ -94,12 +96,11 @@ def ours_fns(model: SigLIP) -> dict:
         sigmoid_loss(zimg, ztxt, model.t, model.b).backward()
         opt.step()
 
-    # embedding as siglip.load(...).embed_images / embed_texts and the evaluations run it (siglip.inference)
-    return {
-        "train": train,
-        "image": lambda p: inference.encode_image(model, p),
-        "text": lambda i: inference.encode_text(model, i),
-    }
+    # embedding through the public API, as `siglip.load(path)` returns it: Model.encode_image /
+    # encode_text take the module's arguments and run the packed towers (siglip.inference), as
+    # embed_images / embed_texts and the evaluations do
+    use = Model(model, image_transform(model.config.image_size), tokenizer=None, path="benchmark")
+    return {"train": train, "image": use.encode_image, "text": use.encode_text}
 
 
 def transformers_fns(model) -> dict:

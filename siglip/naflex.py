@@ -46,10 +46,11 @@ class NaFlexPatches:
         return self.patches.shape
 
     def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> NaFlexPatches:
-        """Moved to `device`; `dtype` applies to the patches only (the mask and shapes stay bool/long)."""
-        move = lambda t: t.to(device, non_blocking=non_blocking)
+        """Patches and mask moved to `device`; `dtype` applies to the patches only (the mask stays
+        bool). The spatial shapes stay where they are (the host, as made): they set the sizes of the
+        position-grid resizes, which are read on the host, so on a GPU they would make it wait."""
         patches = self.patches.to(device, dtype, non_blocking=non_blocking)
-        return NaFlexPatches(patches, move(self.mask), move(self.spatial_shapes))
+        return NaFlexPatches(patches, self.mask.to(device, non_blocking=non_blocking), self.spatial_shapes)
 
     def pin_memory(self) -> NaFlexPatches:  # DataLoader(pin_memory=True) calls this
         return NaFlexPatches(*(t.pin_memory() for t in self))
@@ -85,14 +86,20 @@ def resize_positions(pos: Tensor, grid: int, spatial_shapes: Tensor, length: int
     image i's h*w positions first (bilinear, antialiased when shrinking, align_corners False), zeros
     after (those tokens are masked). One interpolation per distinct shape in the batch."""
     n, d = spatial_shapes.shape[0], pos.shape[-1]
-    if (spatial_shapes.prod(-1) > length).any() or (spatial_shapes < 1).any():
-        raise ValueError(f"spatial shapes {spatial_shapes.tolist()} do not fit {length} patches")
+    # read once as a list: free where the shapes live on the host (NaFlexPatches.to keeps them
+    # there); shapes on a GPU make it wait here, as any shape-dependent resize must
+    shapes = [(h, w) for h, w in spatial_shapes.tolist()]
+    if any(h * w > length or min(h, w) < 1 for h, w in shapes):
+        raise ValueError(f"spatial shapes {[list(s) for s in shapes]} do not fit {length} patches")
+    rows_of: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        rows_of.setdefault(shape, []).append(i)
     out = pos.new_zeros(n, length, d)
     img = pos.reshape(1, grid, grid, d).permute(0, 3, 1, 2).float()  # (1, d, g, g)
-    for h, w in torch.unique(spatial_shapes, dim=0).tolist():
+    for (h, w), rows in sorted(rows_of.items()):
         resized = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        rows = (spatial_shapes == spatial_shapes.new_tensor([h, w])).all(-1)
-        out[rows, : h * w] = resized.reshape(d, h * w).T.to(pos.dtype)
+        index = torch.tensor(rows).to(pos.device, non_blocking=True)  # the images of this shape
+        out[index, : h * w] = resized.reshape(d, h * w).T.to(pos.dtype)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from siglip.config import OptimConfig
 
@@ -55,6 +55,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     # the fused kernel: one pass over each tensor; one B/16 step on a 2-core CPU took 11.6 s against
     # 39.8 s for PyTorch's default (a loop over the tensors) and 40.8 s for foreach
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+
+
+def step_unless(optimizer: torch.optim.Optimizer, found_inf: Tensor | None) -> None:
+    """`optimizer.step()`, skipped where `found_inf` (0-d float32 on the device, 1.0 = skip; None =
+    always step) says so, without reading it to the host. The fused AdamW takes the flag as
+    GradScaler hands it over: its kernel leaves the weights, the moments and the weight decay alone
+    and its step count is put back, all on the device. An optimizer without that support reads the
+    flag on the host (one wait for the device per step)."""
+    if found_inf is None:
+        optimizer.step()
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = found_inf  # read by the fused kernels (torch.optim.adam._fused_adam)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif found_inf.item() == 0:
+        optimizer.step()
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

@@ -111,7 +111,9 @@ while step < end_step:
         step += 1
         metrics.step()
         if step % tc.log_every == 0 or step == end_step:
-            metrics.write({**meter.record(step, loss, scheduler.get_last_lr()[0], model), **guard.record()})
+            guard.poll()  # the non-finite flags since the last logged step: warnings, counts, the patience stop
+            lr = scheduler.get_last_lr()[0]
+            metrics.write({**meter.record(step, loss, lr, model, guard.last_skipped), **guard.record()})
         if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < end_step:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, tokenizer, cfg, step, rt, guard)
         if evals_due(cfg, step, total_steps):

@@ -70,8 +70,12 @@ def all_gather_with_grad(z: Tensor, group) -> Tensor:
 def _local_size(z: Tensor, group) -> int:
     """n, checked to be the same on every rank (the ring passes fixed-size blocks)."""
     n = z.shape[0]
-    sizes = torch.tensor([n, -n], device=z.device)
+    sizes = torch.full((2,), n, device=z.device)  # (n, -n): a fill, not a copy from the host
+    sizes[1].neg_()
     dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
+    if z.device.type != "cpu":  # reading the sizes back would wait for the device every step
+        torch._assert_async(sizes[0] + sizes[1] == 0, "distributed loss needs the same local batch on every rank")
+        return n
     if sizes[0] != n or -sizes[1] != n:
         raise ValueError(
             f"distributed loss needs the same local batch on every rank, got {n} here and sizes in [{-sizes[1]}, {sizes[0]}]"
@@ -151,7 +155,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
                 hist = torch.zeros(n, 256, dtype=torch.int64, device=x.device)
 
                 def visit(block: Tensor, owner: int) -> None:
-                    hist.add_(histogram_sweep(x, block, float(tf), bf, row0, owner * n, neg, prefix, shift, tile))
+                    hist.add_(histogram_sweep(x, block, tf, bf, row0, owner * n, neg, prefix, shift, tile))
 
                 ring.sweep(y, visit)
                 return hist
@@ -165,7 +169,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
 
         def visit(block: Tensor, owner: int) -> None:
             nonlocal loss, gsum, grad_in, grad_requests
-            blk = block_sweep(x, block, float(tf), bf, row0, owner * n, neg, thr, tile, want_grad, gimg)
+            blk = block_sweep(x, block, tf, bf, row0, owner * n, neg, thr, tile, want_grad, gimg)
             loss += blk.loss
             gsum += blk.gsum
             if not want_grad:

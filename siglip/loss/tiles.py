@@ -55,10 +55,12 @@ class Block:
     gtxt: Tensor | None
 
 
-def tile_logits(zi: Tensor, zj: Tensor, t: float, b: Tensor) -> Tensor:
-    # (tile_r, tile_c) = b + t * zi @ zj.T in one BLAS call; the same op in every sweep, so the
-    # threshold sweeps of hard/easy see bit-identical logits to the loss sweep.
-    return torch.addmm(b, zi, zj.T, alpha=t)
+def tile_logits(tzi: Tensor, zj: Tensor, b: Tensor) -> Tensor:
+    # (tile_r, tile_c) = b + (t * zi) @ zj.T in one BLAS call; the same op in every sweep, so the
+    # threshold sweeps of hard/easy see bit-identical logits to the loss sweep. t scales the row
+    # tile (tile_r, d) once, rather than going in as addmm's `alpha=`: alpha is a Python number,
+    # and making one from the 0-d tensor t would wait for the GPU on every step.
+    return torch.addmm(b, tzi, zj.T)
 
 
 def _tile_keep(
@@ -76,7 +78,7 @@ def _tile_keep(
 def block_sweep(
     zimg: Tensor,
     ztxt: Tensor,
-    t: float,
+    t: Tensor,
     b: Tensor,
     row0: int,
     col0: int,
@@ -100,11 +102,12 @@ def block_sweep(
     for r0 in range(0, n_r, tile):
         r1 = min(r0 + tile, n_r)
         zi = zimg[r0:r1]
+        tzi = zi * t  # (tile_r, d)
         rows = torch.arange(row0 + r0, row0 + r1, device=zimg.device) if masked else None
         for c0 in range(0, n_c, tile):
             c1 = min(c0 + tile, n_c)
             zj = ztxt[c0:c1]
-            logits = tile_logits(zi, zj, t, b)  # (tile_r, tile_c)
+            logits = tile_logits(tzi, zj, b)  # (tile_r, tile_c)
             # element (p, q) is a positive iff row0 + r0 + p == col0 + c0 + q: one diagonal (or none)
             offset = (row0 + r0) - (col0 + c0)
             has_pos = -(r1 - r0) < offset < (c1 - c0)
@@ -135,7 +138,7 @@ def block_sweep(
 def histogram_sweep(
     zimg: Tensor,
     ztxt: Tensor,
-    t: float,
+    t: Tensor,
     b: Tensor,
     row0: int,
     col0: int,
@@ -150,19 +153,21 @@ def histogram_sweep(
     hist = torch.zeros(n_r * 256, dtype=torch.int64, device=zimg.device)
     for r0 in range(0, n_r, tile):
         r1 = min(r0 + tile, n_r)
-        zi = zimg[r0:r1]
+        tzi = zimg[r0:r1] * t  # (tile_r, d)
         base = (torch.arange(r0, r1, device=zimg.device) * 256)[:, None]
         for c0 in range(0, n_c, tile):
             c1 = min(c0 + tile, n_c)
-            key = order_key(tile_logits(zi, ztxt[c0:c1], t, b))
+            key = order_key(tile_logits(tzi, ztxt[c0:c1], b))
             if neg.mode == "easy":
                 key = _M32 - key
             candidate = (key >> (shift + 8)) == prefix[r0:r1, None]
             offset = (row0 + r0) - (col0 + c0)
             if -(r1 - r0) < offset < (c1 - c0):
                 candidate.diagonal(offset).fill_(False)  # positives are not negatives
-            idx = (base + ((key >> shift) & 255))[candidate]
-            hist += torch.bincount(idx, minlength=n_r * 256)
+            # add each candidate's 1 into its (row, byte) bin; a scatter, not bincount over the
+            # selected keys: selecting by a mask (and bincount on a GPU) waits for the device
+            idx = base + ((key >> shift) & 255)  # (tile_r, tile_c) bin of every pair
+            hist.scatter_add_(0, idx.view(-1), candidate.view(-1).to(torch.int64))
     return hist.view(n_r, 256)
 
 
@@ -198,13 +203,13 @@ class BlockwiseSigmoidLoss(torch.autograd.Function):
         thr = None
         if neg.mode in ("hard", "easy") and not neg.keeps_all(n):
             thr = row_thresholds(
-                lambda prefix, shift: histogram_sweep(x, y, float(tf), bf, 0, 0, neg, prefix, shift, tile),
+                lambda prefix, shift: histogram_sweep(x, y, tf, bf, 0, 0, neg, prefix, shift, tile),
                 n,
                 n,
                 neg,
                 x.device,
             )
-        blk = block_sweep(x, y, float(tf), bf, 0, 0, neg, thr, tile, want_grad)
+        blk = block_sweep(x, y, tf, bf, 0, 0, neg, thr, tile, want_grad)
         if want_grad:
             gt = torch.dot(x.view(-1), blk.gimg.view(-1)) / n  # no (n, d) temporary; before gimg is scaled
             stash_grads(ctx, (zimg, ztxt, t, b), blk.gimg.mul_(tf / n), blk.gtxt.mul_(tf / n), gt, blk.gsum / n)

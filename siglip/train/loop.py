@@ -25,6 +25,7 @@ from siglip.distributed import (
 from siglip.eval.evaluators import run_evals
 from siglip.flops import mfu, peak_tflops, train_step_flops
 from siglip.model import SigLIP
+from siglip.optim import step_unless
 from siglip.tokenizer import Tokenizer
 from siglip.train.accumulate import forward_backward
 from siglip.train.guard import DivergenceGuard
@@ -54,8 +55,9 @@ class Meter:
         self.seen += n_global
         self.flops += train_step_flops(self.model_cfg, n_global)
 
-    def record(self, step: int, loss: Tensor, lr: float, model: SigLIP) -> dict:
-        """The metrics.jsonl record of this step (the only place the loss is read to the host)."""
+    def record(self, step: int, loss: Tensor, lr: float, model: SigLIP, skipped: bool = False) -> dict:
+        """The metrics.jsonl record of this step (the only place the loss is read to the host);
+        `skipped`: the guard skipped this step, so its gradient norm is not logged."""
         now = time.perf_counter()
         out = {
             "step": step,
@@ -68,7 +70,7 @@ class Meter:
         }
         if self.peak > 0:
             out["mfu"] = mfu(self.flops / self.rt.world_size, 1 / (now - self.t_last), self.peak)
-        if self.grad_norm is not None:
+        if self.grad_norm is not None and not skipped:
             out["grad_norm"] = self.grad_norm.item()
         self.seen, self.flops, self.t_last = 0, 0, now
         return out
@@ -89,7 +91,8 @@ def train_step(
 ) -> Tensor | None:
     """One optimizer step on this rank's share of a global batch; None when no rank has a readable
     image left (the step is not taken). Ranks trim to a common size so their shares stay equal.
-    `guard`: a NaN/inf loss or gradient skips the update (counted; the schedule still advances)."""
+    `guard`: a NaN/inf loss or gradient skips the update (counted and logged at the next `guard.poll`;
+    the schedule still advances). The step never waits for the device (a GPU runs ahead)."""
     pixels = batch["pixels"]
     n = common_batch_size(0 if pixels is None else pixels.shape[0], rt)
     meter.skipped += batch["skipped"] + (0 if pixels is None else pixels.shape[0] - n)
@@ -100,11 +103,11 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(forward, model, pixels, ids, compute_loss, cfg.train.micro_batch_size, autocast)
     sync_replicated_grads(model, forward, rt)  # t' and b under FSDP2
-    meter.grad_norm = None  # a step the guard skips logs no norm
-    if guard is None or guard.check(loss, model, rt.group):
-        if cfg.optim.grad_clip > 0:
-            meter.grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt)
-        optimizer.step()
+    # nothing below waits for the device: the guard's flag stays there (read at logged steps), the
+    # fused AdamW skips a non-finite step itself, and the norm is read only when logged
+    found_inf = None if guard is None else guard.observe(loss, model, rt.group)
+    meter.grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, rt) if cfg.optim.grad_clip > 0 else None
+    step_unless(optimizer, found_inf)
     scheduler.step()
     meter.add(n * rt.world_size)
     return loss
@@ -125,6 +128,8 @@ def save_checkpoint(
     `checkpoint-<step>.pt` beside `path` (checkpoint.pt, then a link to it; the newest
     `train.keep_checkpoints` kept): resumes under any strategy and world size. Non-finite weights
     are refused (DivergenceError) before anything is written."""
+    if guard is not None:
+        guard.poll()  # a run of non-finite steps stops here, before it could be called good
     model_state, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
     if guard is not None:
         guard.check_state(step, model_state)
