@@ -54,8 +54,12 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     400 naming `field` for anything that is not a readable image within the limit."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))  # header only: no pixel decoded yet
+    except Image.DecompressionBombError as e:  # PIL's own check (over 2 x Image.MAX_IMAGE_PIXELS) came first
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{pixels.group(1)} pixels" if pixels else "too many pixels"
+        raise ApiError(400, f"{field}: {size}, over the limit of {max_pixels} (--max-pixels)") from e
     except Exception as e:  # noqa: BLE001 - any unreadable upload is the client's fault
         raise ApiError(400, f"{field}: not an image PIL can read ({type(e).__name__}: {e})") from e
     w, h = img.size
