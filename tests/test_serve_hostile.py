@@ -34,7 +34,7 @@ def world(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("hostile")
     w = build_world(root, tokenizer)
     args = ["--model", str(w["model"]), "--index", f"photos={w['photos']}", "--index", f"texts={w['texts']}"]
-    server = Server([*args, "--api-key", KEY, "--max-queue", "16"], root / "server.log")
+    server = Server([*args, "--api-key", KEY, "--max-queue", "16", "--max-concurrent", "64"], root / "server.log")
     w |= {"server": server, "url": server.url, "root": root, "rss_start": server.rss_mb()}
     yield w
     server.stop()

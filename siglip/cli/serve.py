@@ -57,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--public-url", default="", help="base of the absolute URLs we hand out (behind a proxy)")
     g.add_argument("--max-body", type=parse_size, default="20MB", help="largest request body (413 above)")
     g.add_argument("--max-pixels", type=int, default=40_000_000, help="largest uploaded image, width x height")
+    g.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before 503 + Retry-After")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=32, help="inputs per model call (1: no batching)")
     g.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others")
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     indexes = open_indexes(args.index, model.fingerprint, args.model)
-    settings = Settings(args.api_key, args.max_body, args.max_pixels, public_url=args.public_url, cors=args.cors)
+    settings = Settings(args.api_key, args.max_body, args.max_pixels, max_concurrent=args.max_concurrent)
+    settings.public_url, settings.cors = args.public_url, args.cors
     batching = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     state = ServerState.build(model, indexes, settings, decode_threads=args.decode_threads, **batching)
     if not is_loopback(args.host) and not args.api_key:

@@ -78,7 +78,10 @@ def create_app(state: ServerState) -> FastAPI:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body)
+    limits = state.settings
+    app.add_middleware(
+        BodyLimit, max_bytes=limits.max_body, max_active=limits.max_concurrent, retry_after_s=limits.retry_after_s
+    )
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     if state.settings.cors:
         app.add_middleware(

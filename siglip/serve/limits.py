@@ -100,7 +100,7 @@ def check_signature(request: Request, api_key: str, index: str, row: int | str) 
 
 
 # --------------------------------------------------------------------------------------------------
-# the body-size cap, as ASGI middleware: before any route reads the body
+# the body-size cap and the cap on requests in flight, as ASGI middleware: before any route reads a body
 
 
 class BodyTooLarge(Exception):
@@ -109,10 +109,12 @@ class BodyTooLarge(Exception):
 
 class BodyLimit:
     """413 for a body over `max_bytes`: at once from Content-Length, or while streaming a chunked body
-    (the body is never buffered past the limit)."""
+    (the body is never buffered past the limit). 503 + Retry-After when `max_active` requests are in
+    flight already (/health excepted), so memory stays under about max_active x max_bytes."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, max_active: int = 256, retry_after_s: int = 1):
+        self.app, self.max_bytes, self.max_active, self.retry = app, max_bytes, max_active, retry_after_s
+        self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,6 +122,17 @@ class BodyLimit:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(send, int(declared) if declared.isdigit() else -1)
+        if self.active >= self.max_active and scope["path"] != "/health":
+            message = f"the server has {self.active} requests in flight (--max-concurrent); retry"
+            response = error_response(503, message, headers={"Retry-After": str(self.retry)})
+            return await response(scope, receive, send)
+        self.active += 1
+        try:
+            await self._counted(scope, receive, send)
+        finally:
+            self.active -= 1
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
         seen, started = 0, False
 
         async def counted() -> Message:

@@ -28,6 +28,7 @@ class Settings:
     max_body: int = 20 * 1024 * 1024  # bytes
     max_pixels: int = 40_000_000  # per uploaded image, width x height
     max_inputs: int = 2048  # texts or images per request
+    max_concurrent: int = 256  # requests in flight (bodies held) before 503
     max_k: int = 10_000  # results per search
     public_url: str = ""  # the base of absolute URLs (thumbnails); default: the request's own
     cors: list[str] = field(default_factory=list)
