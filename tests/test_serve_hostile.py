@@ -101,6 +101,10 @@ def test_thumbnail_urls_are_signed_so_an_img_needs_no_header(world):
 BAD = [  # (path, body or raw bytes, status, words the message must contain)
     ("/v1/search", b"{not json", 400, "malformed JSON"),
     ("/v1/search", b"", 400, "empty"),
+    ("/v1/search", b"[" * 100_000, 400, "malformed JSON (RecursionError"),
+    ("/v1/search", b'{"k": 1' + b"0" * 5000 + b"}", 400, "malformed JSON"),
+    ("/v1/search", b'{"index": "photos", "text": "\xff"}', 400, "malformed JSON (UnicodeDecodeError"),
+    ("/v1/search", b"\xff\xfe{}", 400, "malformed JSON"),
     ("/v1/search", b"[1, 2]", 400, "JSON object"),
     ("/v1/search", {"index": "photos", "text": "a cat", "k": "ten"}, 400, "k:"),
     ("/v1/search", {"index": "photos", "text": "a cat", "k": 0}, 400, "k: 0 is out of range"),

@@ -10,11 +10,13 @@ import json
 import math
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from siglip.serve.limits import ApiError
 
 MISSING = object()
+BIG = 1 << 20  # bytes of JSON parsed or written in a worker thread rather than on the event loop
 
 
 async def read_json(request: Request) -> dict:
@@ -23,12 +25,19 @@ async def read_json(request: Request) -> dict:
     if not raw.strip():
         raise ApiError(400, "request body: empty; expected a JSON object")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body: malformed JSON ({e})") from e
+        body = await run_in_threadpool(json.loads, raw) if len(raw) > BIG else json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, a 5000-digit number, [[[[...
+        raise ApiError(400, f"request body: malformed JSON ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(body, dict):
         raise ApiError(400, f"request body: expected a JSON object, got {type(body).__name__}")
     return body
+
+
+async def json_response(payload: dict | list) -> Response:
+    """`payload` as a JSON response, serialised off the event loop (an embeddings answer of 2048 rows
+    of 768 floats is ~30 MB of text)."""
+    text = await run_in_threadpool(json.dumps, payload, separators=(",", ":"))
+    return Response(text, media_type="application/json")
 
 
 def _type_name(value: Any) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from siglip.serve import fields
 from siglip.serve.api import require_key, state_of
@@ -44,7 +44,7 @@ def usage_tokens(s: ServerState, texts: list[str], n_images: int) -> int:
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request) -> dict:
+async def embeddings(request: Request) -> Response:
     s = state_of(request)
     body = await fields.read_json(request)
     inputs = read_inputs(body, s.settings.max_inputs)
@@ -69,7 +69,8 @@ async def embeddings(request: Request) -> dict:
         rows.append(next(ii) if img else next(ti))
     data = [{"object": "embedding", "index": i, "embedding": encode(r, encoding)} for i, r in enumerate(rows)]
     tokens = usage_tokens(s, texts, len(images))
-    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return await fields.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
 
 def encode(row: torch.Tensor, encoding: str) -> list[float] | str:
