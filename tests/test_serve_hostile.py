@@ -277,9 +277,11 @@ def test_binding_beyond_loopback_without_a_key_warns(world, monkeypatch, caplog)
         assert main(["serve", "--model", str(world["model"]), "--host", "0.0.0.0"]) == 0
         assert main(["serve", "--model", str(world["model"]), "--host", "0.0.0.0", "--api-key", "k"]) == 0
         assert main(["serve", "--model", str(world["model"])]) == 0
+        monkeypatch.setenv("SIGLIP_API_KEY", "from-the-environment")
+        assert main(["serve", "--model", str(world["model"]), "--host", "0.0.0.0"]) == 0
     warnings = [r.getMessage() for r in caplog.records if "without --api-key" in r.getMessage()]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0]
-    assert [c["host"] for c in calls] == ["0.0.0.0", "0.0.0.0", "127.0.0.1"]
+    assert [c["host"] for c in calls] == ["0.0.0.0", "0.0.0.0", "127.0.0.1", "0.0.0.0"]
 
 
 def test_without_fastapi_the_error_names_the_extra(world, monkeypatch, capsys):

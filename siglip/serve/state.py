@@ -37,6 +37,8 @@ class Settings:
 
 @dataclass
 class ServerState:
+    """Built once by `siglip serve` (or a test) and shared by every request: `request.app.state.siglip`."""
+
     model: Model
     indexes: dict[str, ServedIndex]
     settings: Settings
