@@ -130,6 +130,7 @@ BAD = [  # (path, body or raw bytes, status, words the message must contain)
     ("/v1/classify", {"images": ["AAAA"]}, 400, "labels:"),
     ("/v1/classify", {"images": ["AAAA"], "labels": ["a"], "templates": ["no slot"]}, 400, "templates[0]"),
     ("/v1/classify", {"images": "AAAA", "labels": ["a"]}, 400, "images: expected an array"),
+    ("/v1/classify", {"images": ["AAAA"] * 300, "labels": ["a"]}, 400, "images: 300 images, over the limit of 256"),
     ("/v1/score", {"images": ["AAAA"], "texts": ["a", "b"], "pairs": True}, 400, "texts: pairs=true"),
     ("/v1/score", {"images": ["AAAA"], "texts": ["a"], "pairs": "yes"}, 400, "pairs:"),
     ("/v1/score", {"images": [None], "texts": ["a"]}, 400, "images[0]"),
