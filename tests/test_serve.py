@@ -184,15 +184,22 @@ def test_thumbnails_serve_items_of_the_index_only(world):
 
 
 def test_page_static_health_metrics_and_cors(world):
+    assert httpx.get(world["url"] + "/v2/none", timeout=30).status_code == 404  # counted as route "other"
     page = httpx.get(world["url"] + "/", timeout=30)
     assert page.status_code == 200 and "<html" in page.text.lower()
     health = httpx.get(world["url"] + "/health", timeout=30).json()
     assert health["status"] == "ok" and health["indexes"]["photos"] == {"kind": "image", "count": 7}
     metrics = httpx.get(world["url"] + "/metrics", timeout=30)
     assert metrics.headers["content-type"].startswith("text/plain")
-    for name in ("siglip_requests_total{", "siglip_request_seconds_bucket{", "siglip_batch_size_bucket{",
-                 "siglip_queue_depth ", 'siglip_index_rows{index="photos"} 7'):  # fmt: skip
-        assert name in metrics.text, name
+    from prometheus_client.parser import text_string_to_metric_families  # Prometheus' own reader
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    assert families["siglip_request_seconds"].type == "histogram"
+    assert families["siglip_batch_size"].type == "histogram" and families["siglip_queue_depth"].type == "gauge"
+    answered = {(s.labels["route"], s.labels["status"]): s.value for s in families["siglip_requests"].samples}
+    assert answered[("/health", "200")] >= 1 and ("/v2/none", "404") not in answered
+    rows = {s.labels["index"]: s.value for s in families["siglip_index_rows"].samples}
+    assert rows == {"photos": 7, "texts": 6}
     pre = httpx.options(
         world["url"] + "/v1/search",
         headers={"Origin": "http://front.test", "Access-Control-Request-Method": "POST"},
