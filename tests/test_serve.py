@@ -75,6 +75,7 @@ def test_openai_client_embeds_texts_and_images_as_the_model_does(world):
     text_tokens = sum(min(len(tok.encode(t)), tok.length) for t in texts)
     assert out.usage.prompt_tokens == out.usage.total_tokens == text_tokens + (16 // model.config.patch_size) ** 2
 
+    assert [m.id for m in client.models.list()] == ["m.pt"]
     floats = client.embeddings.create(model="m", input="a dog running on grass", encoding_format="float")
     torch.testing.assert_close(
         torch.tensor(floats.data[0].embedding), model.embed_texts(["a dog running on grass"])[0], atol=1e-3, rtol=0

@@ -67,7 +67,8 @@ def test_every_api_route_needs_the_key_but_the_page_and_health_do_not(world):
     url = world["url"]
     for method, path in [("POST", "/v1/search"), ("POST", "/v1/embeddings"), ("POST", "/v1/classify"),
                          ("POST", "/v1/score"), ("GET", "/indices-list"), ("POST", "/knn-service"),
-                         ("POST", "/metadata"), ("GET", "/metrics"), ("GET", "/items/photos/0/thumbnail")]:  # fmt: skip
+                         ("POST", "/metadata"), ("GET", "/metrics"), ("GET", "/items/photos/0/thumbnail"),
+                         ("GET", "/v1/models")]:  # fmt: skip
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
             r = httpx.request(method, url + path, headers=headers, json={"text": "a cat"}, timeout=30)
             assert r.status_code == 401, (method, path, headers, r.text)

@@ -15,8 +15,6 @@ Images are base64 strings or `data:image/...;base64,` URLs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -24,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from siglip.api import DEFAULT_TEMPLATES
 from siglip.serve import fields
-from siglip.serve.images import thumbnail_jpeg
+from siglip.serve.images import ThumbnailCache, thumbnail_jpeg
 from siglip.serve.indexes import ServedIndex
 from siglip.serve.limits import ApiError, check_bearer, check_signature
 from siglip.serve.state import ServerState
@@ -165,23 +163,6 @@ async def score(request: Request) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 # thumbnails: items of an index only, by row
-
-
-class ThumbnailCache:
-    """The last `size` thumbnails made (JPEG bytes, ~10 kB each)."""
-
-    def __init__(self, size: int = 512):
-        self.size, self.items = size, OrderedDict()
-
-    def get(self, key: tuple[str, int]) -> bytes | None:
-        if key in self.items:
-            self.items.move_to_end(key)
-        return self.items.get(key)
-
-    def put(self, key: tuple[str, int], value: bytes) -> None:
-        self.items[key] = value
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
 
 
 @open_router.get("/items/{index}/{row}/thumbnail")

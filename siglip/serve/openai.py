@@ -3,7 +3,7 @@
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
     client.embeddings.create(model="siglip", input=["a dog", "data:image/png;base64,iVBOR..."])
 
-POST /v1/embeddings {"input": str | [str], "model": str, "encoding_format"?: "float" | "base64",
+GET /v1/models lists the one model served. POST /v1/embeddings {"input": str | [str], "model": str, "encoding_format"?: "float" | "base64",
 "dimensions"?: d} -> {"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
 "model", "usage": {"prompt_tokens", "total_tokens"}}. A string that is a `data:image/...;base64,`
 URL embeds as an image, every other string as a text; rows are unit-norm float32 (base64: their
@@ -41,6 +41,13 @@ def usage_tokens(s: ServerState, texts: list[str], n_images: int) -> int:
     tok, cfg = s.model.tokenizer if texts else None, s.model.config
     text_tokens = sum(min(len(tok.encode(t)), tok.length) for t in texts) if texts else 0
     return text_tokens + n_images * (cfg.image_size // cfg.patch_size) ** 2
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    """The one model served, as OpenAI lists models (clients and tools ask before embedding)."""
+    model = {"id": state_of(request).model_name, "object": "model", "created": 0, "owned_by": "siglip"}
+    return {"object": "list", "data": [model]}
 
 
 @router.post("/v1/embeddings")
