@@ -142,6 +142,8 @@ BAD = [  # (path, body or raw bytes, status, words the message must contain)
     ("/v1/embeddings", {"model": "m", "input": "a", "encoding_format": "hex"}, 400, "encoding_format"),
     ("/v1/embeddings", {"model": "m", "input": "a", "dimensions": 3}, 400, "dimensions"),
     ("/v1/embeddings", {"model": "m", "input": ["a"] * 5000}, 400, "input: 5000 items"),
+    ("/v1/embeddings", {"model": "m", "input": ["a", "b" * 100_000]}, 400, "input[1]: 100000 characters"),
+    ("/v1/search", {"index": "photos", "text": "b" * 100_000}, 400, "text: 100000 characters"),
     ("/v1/embeddings", {"model": "m", "input": "data:image/png;base64,AAAA"}, 400, "input[0]"),
     ("/knn-service", {"image_url": "http://169.254.169.254/", "indice_name": "photos"}, 400, "image_url"),
     ("/knn-service", {"text": "a", "indice_name": "photos", "modality": "audio"}, 400, "modality"),

@@ -65,7 +65,7 @@ async def query_vector(
 ) -> torch.Tensor:
     """(1, d) unit query from exactly one of a text, an image or a vector field (`first`: the first
     of them given, in that order, as clip-retrieval's back end picks)."""
-    text = fields.string(body, text_key, None, allow_empty=True) or None
+    text = fields.string(body, text_key, None, allow_empty=True, max_chars=fields.MAX_TEXT_CHARS) or None
     image = fields.string(body, image_key, None, allow_empty=True) or None
     vec = fields.vector(body, vector_key, s.model.dim)
     given = [k for k, v in ((text_key, text), (image_key, image), (vector_key, vec)) if v is not None]
@@ -128,8 +128,10 @@ async def classify(request: Request) -> dict:
     s = state_of(request)
     body = await fields.read_json(request)
     images = fields.strings(body, "images", s.settings.max_inputs)
-    labels = fields.strings(body, "labels", s.settings.max_inputs)
-    templates = fields.strings(body, "templates", MAX_TEMPLATES, required=False) or list(DEFAULT_TEMPLATES)
+    labels = fields.strings(body, "labels", s.settings.max_inputs, max_chars=fields.MAX_TEXT_CHARS)
+    templates = fields.strings(body, "templates", MAX_TEMPLATES, False, fields.MAX_TEXT_CHARS) or list(
+        DEFAULT_TEMPLATES
+    )
     for i, t in enumerate(templates):
         if "{}" not in t:
             raise ApiError(400, f"templates[{i}]: {t!r} has no '{{}}' where the label goes")
@@ -149,7 +151,7 @@ async def score(request: Request) -> dict:
     s = state_of(request)
     body = await fields.read_json(request)
     images = fields.strings(body, "images", s.settings.max_inputs)
-    texts = fields.strings(body, "texts", s.settings.max_inputs)
+    texts = fields.strings(body, "texts", s.settings.max_inputs, max_chars=fields.MAX_TEXT_CHARS)
     pairs = fields.boolean(body, "pairs", False)
     if pairs and len(images) != len(texts):
         raise ApiError(

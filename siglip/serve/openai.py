@@ -63,6 +63,9 @@ async def embeddings(request: Request) -> Response:
     if dims != s.model.dim:
         raise ApiError(400, f"dimensions: this model's embeddings have {s.model.dim} dimensions, not {dims}")
     is_image = [is_image_data_url(v) for v in inputs]
+    for i, (v, img) in enumerate(zip(inputs, is_image)):
+        if not img:
+            fields.check_chars(v, f"input[{i}]", fields.MAX_TEXT_CHARS)
     texts = [v for v, img in zip(inputs, is_image) if not img]
     images = [v for v, img in zip(inputs, is_image) if img]
     ztxt = await s.embed_texts(texts) if texts else torch.zeros(0, s.model.dim)
