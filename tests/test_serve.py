@@ -179,7 +179,8 @@ def test_thumbnails_serve_items_of_the_index_only(world):
     assert max(small.size) <= 256 and small.format == "JPEG"
     for bad in ("/items/photos/7/thumbnail", "/items/photos/-1/thumbnail", "/items/nope/0/thumbnail",
                 "/items/texts/0/thumbnail", "/items/photos/..%2F..%2Fetc%2Fpasswd/thumbnail",
-                "/items/%2Fetc%2Fpasswd/0/thumbnail"):  # fmt: skip
+                "/items/%2Fetc%2Fpasswd/0/thumbnail", "/items/photos/%C2%B2/thumbnail",
+                "/items/photos/" + "9" * 5000 + "/thumbnail", "/items/photos/1.0/thumbnail"):  # fmt: skip
         r = httpx.get(world["url"] + bad, timeout=30)
         assert r.status_code == 404 and "error" in r.json(), (bad, r.text)
 

@@ -294,3 +294,28 @@ def test_without_fastapi_the_error_names_the_extra(world, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
     assert main(["serve", "--model", str(world["model"])]) == 1
     assert "pip install 'siglip[serve]'" in capsys.readouterr().err
+
+
+VALID = {  # one good body per POST route; every field of it is then swapped for each odd value
+    "/v1/search": {"index": "photos", "text": "a cat", "k": 3},
+    "/v1/classify": {"images": ["IMAGE"], "labels": ["a cat", "a dog"], "templates": ["a {}"]},
+    "/v1/score": {"images": ["IMAGE"], "texts": ["a cat"], "pairs": True},
+    "/v1/embeddings": {"model": "m", "input": ["a cat"], "encoding_format": "float"},
+    "/knn-service": {"text": "a cat", "indice_name": "photos", "modality": "image", "num_images": 2},
+    "/metadata": {"ids": [0, 1], "indice_name": "photos"},
+}
+ODD = [None, 0, -1, 2**70, 1.5, float("nan"), True, "", "x", [], [None], [1.5], ["x"] * 3, {}, {"a": 1}]
+
+
+def test_every_field_swapped_for_odd_values_never_gives_a_5xx(world):
+    image = b64(world["images"][0])
+    with httpx.Client(base_url=world["url"], headers=AUTH, timeout=60) as client:
+        for path, good in VALID.items():
+            good = json.loads(json.dumps(good).replace('"IMAGE"', json.dumps(image)))
+            assert client.post(path, json=good).status_code == 200, path
+            for key in good:
+                for odd in ODD:
+                    r = client.post(path, content=json.dumps({**good, key: odd}))
+                    assert r.status_code < 500 and (r.status_code == 200 or key in r.json()["error"]["message"]), (
+                        path, key, odd, r.status_code, r.text[:300])  # fmt: skip
+    assert world["server"].healthy()

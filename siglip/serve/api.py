@@ -102,21 +102,21 @@ async def search_index(ix: ServedIndex, q: torch.Tensor, k: int) -> tuple[list[f
 
 
 @router.post("/v1/search")
-async def search(request: Request) -> dict:
+async def search(request: Request) -> Response:
     s = state_of(request)
     body = await fields.read_json(request)
     ix = s.index(body.get("index"))
     k = fields.integer(body, "k", 10, 1, s.settings.max_k)
     q = await query_vector(s, body, "text", "image", "vector")
     cos, rows, items = await search_index(ix, q, k)
-    logits = s.model.from_cosine(torch.tensor(cos)).tolist()
+    logits = s.model.from_cosine(torch.tensor(cos))  # (k,) t * cos + b
     hits = []
-    for row, c, z, item in zip(rows, cos, logits, items):
-        hit = {"row": row, **item_fields(item), "score": float(torch.sigmoid(torch.tensor(z))), "logit": z, "cosine": c}
+    for row, c, z, p, item in zip(rows, cos, logits.tolist(), torch.sigmoid(logits).tolist(), items):
+        hit = {"row": row, **item_fields(item), "score": p, "logit": z, "cosine": c}
         if ix.kind == "image":
             hit["thumbnail"] = s.thumbnail_url(request, ix.name, row)
         hits.append(hit)
-    return {"index": ix.name, "k": k, "hits": hits}
+    return await fields.json_response({"index": ix.name, "k": k, "hits": hits})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,13 +174,14 @@ async def thumbnail(request: Request, index: str, row: str) -> Response:
     if index not in s.indexes:
         raise ApiError(404, f"index: no index {index!r}; this server has {sorted(s.indexes)}")
     ix = s.indexes[index]
-    if not row.isdigit() or int(row) >= ix.count:
-        raise ApiError(404, f"row: {row!r} is not a row of index {index!r} (0 to {ix.count - 1})")
+    n = int(row) if row.isascii() and row.isdigit() and len(row) <= 18 else -1  # not "²", not 5000 digits
+    if not 0 <= n < ix.count:
+        raise ApiError(404, f"row: {row[:40]!r} is not a row of index {index!r} (0 to {ix.count - 1})")
     cache: ThumbnailCache = request.app.state.thumbnails
-    jpeg = cache.get((index, int(row)))
+    jpeg = cache.get((index, n))
     if jpeg is None:
-        jpeg = await s.batcher.decode(_make_thumbnail, ix, int(row))
-        cache.put((index, int(row)), jpeg)
+        jpeg = await s.batcher.decode(_make_thumbnail, ix, n)
+        cache.put((index, n), jpeg)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -190,5 +191,5 @@ def _make_thumbnail(ix: ServedIndex, row: int) -> bytes:
         raise ApiError(404, f"row: item {row} of index {ix.name!r} is a text; it has no image")
     try:
         return thumbnail_jpeg(source)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a file gone, truncated or over PIL's limit since it was indexed
         raise ApiError(404, f"row: the image of item {row} of index {ix.name!r} cannot be read ({e})") from e

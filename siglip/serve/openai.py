@@ -17,6 +17,7 @@ import base64
 
 import torch
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from siglip.serve import fields
 from siglip.serve.api import require_key, state_of
@@ -78,7 +79,7 @@ async def embeddings(request: Request) -> Response:
     for img in is_image:
         rows.append(next(ii) if img else next(ti))
     data = [{"object": "embedding", "index": i, "embedding": encode(r, encoding)} for i, r in enumerate(rows)]
-    tokens = usage_tokens(s, texts, len(images))
+    tokens = await run_in_threadpool(usage_tokens, s, texts, len(images))  # tokenising: off the event loop
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return await fields.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
