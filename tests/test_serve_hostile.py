@@ -80,6 +80,14 @@ def test_every_api_route_needs_the_key_but_the_page_and_health_do_not(world):
         assert httpx.get(url + path, timeout=30).status_code == 200
 
 
+def test_no_cors_without_the_flag(world):
+    origin = {"Origin": "http://elsewhere.test"}
+    r = httpx.get(world["url"] + "/indices-list", headers=AUTH | origin, timeout=30)
+    assert r.status_code == 200 and not any(h.startswith("access-control-") for h in r.headers)
+    pre = httpx.options(world["url"] + "/v1/search", headers=origin | {"Access-Control-Request-Method": "POST"})
+    assert pre.status_code in (401, 405) and not any(h.startswith("access-control-") for h in pre.headers)
+
+
 def test_thumbnail_urls_are_signed_so_an_img_needs_no_header(world):
     body = {"index": "photos", "text": "a cat", "k": 2}
     hits = httpx.post(world["url"] + "/v1/search", json=body, headers=AUTH, timeout=30).json()["hits"]
