@@ -219,6 +219,16 @@ def test_a_50_mb_body_gets_413_declared_or_chunked(world):
     assert world["server"].rss_mb() < world["rss_start"] + 300
 
 
+def test_a_client_gone_mid_body_is_not_a_server_error(world):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", world["server"].port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                         "Content-Length: 1000\r\n\r\n{\"text\": ".encode())  # fmt: skip
+    time.sleep(0.5)
+    metrics = httpx.get(world["url"] + "/metrics", headers=AUTH, timeout=30).text
+    assert 'status="500"' not in metrics and world["server"].healthy()
+
+
 def test_200_concurrent_requests_get_answers_or_503_and_memory_stays_bounded(world):
     image = "data:image/png;base64," + b64(world["images"][1])
 
