@@ -35,6 +35,7 @@ def world(tmp_path_factory, tokenizer):
     w |= {"server": server, "url": server.url, "model_api": siglip.load(w["model"])}
     yield w
     code = server.stop()
+    assert "Traceback" not in (root / "server.log").read_text(), server.output()
     assert code in (0, -signal.SIGTERM), f"exit status {code}:\n{server.output()}"  # uvicorn re-raises SIGTERM
 
 

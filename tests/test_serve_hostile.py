@@ -38,6 +38,8 @@ def world(tmp_path_factory, tokenizer):
     w |= {"server": server, "url": server.url, "root": root, "rss_start": server.rss_mb()}
     yield w
     server.stop()
+    log = (root / "server.log").read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]  # no request ever raised
 
 
 def b64(path) -> str:
