@@ -80,6 +80,8 @@ def test_every_api_route_needs_the_key_but_the_page_and_health_do_not(world):
     assert httpx.get(url + "/indices-list", headers=AUTH, timeout=30).json() == ["photos", "texts"]
     for path in ("/", "/health"):
         assert httpx.get(url + path, timeout=30).status_code == 200
+    assert httpx.get(url + "/health", timeout=30).json() == {"status": "ok"}  # no index names without the key
+    assert httpx.get(url + "/health", headers=AUTH, timeout=30).json()["indexes"]["photos"]["count"] == 7
 
 
 def test_no_cors_without_the_flag(world):
