@@ -133,6 +133,7 @@ def test_server_errors_are_shown_with_their_message(site, browser):
     assert not shown_hits(browser)
 
 
+@pytest.mark.slow  # a second server start (~25 s on a busy 2-core machine)
 def test_the_api_key_field_opens_a_keyed_server(site, browser, tmp_path):
     _, model, index, _ = site
     args = ["--model", str(model), "--index", f"shapes={index}", "--api-key", "s3cret"]
