@@ -16,6 +16,7 @@ $(VENV)/.demo: pyproject.toml
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers,report,tensorboard]'
+	$(PY) -m pip install -q --no-deps 'clip-retrieval==2.45.0'  # its ClipClient and clip-front, for the serve tests
 	touch $@
 
 demo: $(VENV)/.demo

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("siglip.cli.classify", "zero-shot labels: per-label probabilities and the top label per image"),
     "score": ("siglip.cli.score", "the probability sigmoid(t * cos + b) of image-text pairs"),
     "convert": ("siglip.cli.convert", "convert a checkpoint (same as python -m siglip.convert)"),
+    "serve": ("siglip.cli.serve", "serve a model and its indexes over HTTP (OpenAI, clip-retrieval, a search page)"),
     "report": ("siglip.cli.report", "one HTML page of training runs: curves, configs, evaluation details"),
 }
 

@@ -1,0 +1,107 @@
+"""siglip serve: a model and its indexes behind HTTP (OpenAI embeddings, clip-retrieval, search page).
+
+    siglip serve --model siglip_b16.pt --index photos=photos.index
+    siglip serve --model m.pt --index photos=photos.index --index captions=captions.index \\
+        --host 0.0.0.0 --port 8080 --api-key "$SIGLIP_KEY" --cors https://my.site --public-url https://search.my.site
+
+Then open http://127.0.0.1:8000/ (the search page), or:
+
+    curl -s localhost:8000/v1/search -d '{"text": "a dog on a beach", "k": 5}'
+    curl -s localhost:8000/v1/embeddings -d '{"model": "siglip", "input": ["a dog", "a cat"]}'
+
+Routes: POST /v1/embeddings (OpenAI), /v1/search, /v1/classify, /v1/score; clip-retrieval's
+/indices-list, /knn-service, /metadata; GET /items/{index}/{row}/thumbnail, /health, /metrics.
+Safe by default: listens on 127.0.0.1 only (another --host without --api-key prints a warning);
+with --api-key every API needs `Authorization: Bearer KEY` (the page, /static and /health stay
+open; thumbnail URLs are signed); bodies over --max-body get 413, images over --max-pixels get 400
+before their pixels are decoded; no CORS unless --cors. An index built with other weights than
+--model is refused at start. SIGTERM (or Ctrl-C) finishes the requests in flight, then exits.
+Needs the serve extra: pip install 'siglip[serve]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import re
+
+from siglip.api import DTYPES
+
+log = logging.getLogger("siglip.serve")
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """'20MB' -> 20 * 2**20 bytes (k/M/G are powers of 1024; a bare number is bytes)."""
+    m = SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size like 20MB, 512KB or 1048576")
+    unit = (m.group(2) or "b")[0].lower()
+    return int(float(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and indexes")
+    g.add_argument("--model", required=True, help="checkpoint: our .pt, a Hugging Face folder, open_clip, big_vision")
+    g.add_argument("--tokenizer", default=None, help="SentencePiece model, when none lies beside the weights")
+    g.add_argument("--index", action="append", default=[], metavar="NAME=PATH", help="an index to serve (repeat)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights' dtype (default: as stored)")
+    g = p.add_argument_group("network and safety")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--api-key", default="", help="require Authorization: Bearer KEY on every API route")
+    g.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow this origin (repeat)")
+    g.add_argument("--public-url", default="", help="base of the absolute URLs we hand out (behind a proxy)")
+    g.add_argument("--max-body", type=parse_size, default="20MB", help="largest request body (413 above)")
+    g.add_argument("--max-pixels", type=int, default=40_000_000, help="largest uploaded image, width x height")
+    g.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before 503 + Retry-After")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=int, default=32, help="inputs per model call (1: no batching)")
+    g.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others")
+    g.add_argument("--max-queue", type=int, default=256, help="requests waiting before 503 + Retry-After")
+    g.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--json", action="store_true", help="print the address and what is served as one JSON line")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from siglip.serve.app import create_app
+    except ImportError as e:
+        raise RuntimeError(f"siglip serve needs FastAPI and uvicorn ({e}): pip install 'siglip[serve]'") from e
+    from siglip.api import load
+    from siglip.serve.indexes import open_indexes
+    from siglip.serve.state import ServerState, Settings
+
+    model = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
+    indexes = open_indexes(args.index, model.fingerprint, args.model)
+    settings = Settings(args.api_key, args.max_body, args.max_pixels, max_concurrent=args.max_concurrent)
+    settings.public_url, settings.cors = args.public_url, args.cors
+    batching = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    state = ServerState.build(model, indexes, settings, decode_threads=args.decode_threads, **batching)
+    if not is_loopback(args.host) and not args.api_key:
+        log.warning(
+            "listening on %s without --api-key: anyone who can reach this port can use the model and read "
+            "the indexes' captions and thumbnails. Pass --api-key KEY, or keep --host 127.0.0.1",
+            args.host,
+        )
+    url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
+    summary = {"url": url, "model": args.model, "indexes": {n: ix.count for n, ix in indexes.items()}}
+    print(json.dumps(summary) if args.json else f"siglip serve: {url}/  model {model!r}, indexes {summary['indexes']}")
+    app = create_app(state)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    return 0

@@ -1,0 +1,164 @@
+"""Dynamic batching: concurrent requests' texts (or images) go through the model together.
+
+A request's inputs enter a bounded queue as one entry with a future. One worker task takes the
+oldest entry, waits up to `max_wait_ms` for more entries of the same kind (or until `max_batch`
+inputs are there), and runs them as one batch in the model thread; each request gets its own rows
+back. While the model runs, new requests queue up, so under load batches fill without any wait.
+`max_batch=1` serves one request at a time (what batching is measured against).
+
+The event loop never runs the model: `Model.embed_texts` / `embed_images` run in one dedicated
+thread (so calls never overlap on the weights), and image decoding runs in a small pool of decode
+threads (`decode`). A full queue raises `Overloaded` (the routes answer 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from siglip.api import Model
+from siglip.naflex import stack_images
+
+
+class Overloaded(Exception):
+    """The queue holds `max_queue` requests already."""
+
+
+@dataclass
+class Entry:
+    kind: str  # "text" or "image"
+    inputs: list  # texts, or preprocessed images ((3, S, S) tensors / NaFlex patches)
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Queue + worker. `on_batch(kind, n_inputs, n_requests)` is called after every model call (metrics)."""
+
+    def __init__(
+        self,
+        model: Model,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 256,
+        decode_threads: int = 2,
+        on_batch: Callable[[str, int, int], None] | None = None,
+    ):
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(f"--max-batch {max_batch} and --max-queue {max_queue} must be >= 1, --max-wait-ms >= 0")
+        self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
+        self.max_queue, self.on_batch = max_queue, on_batch
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="siglip-model")
+        self.decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="siglip-decode")
+        self.queue: deque[Entry] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch in the model)."""
+        return len(self.queue)
+
+    async def start(self) -> None:
+        self._arrived = asyncio.Event()
+        self._worker = asyncio.create_task(self._run(), name="siglip-batcher")
+
+    async def stop(self) -> None:
+        """After the server has drained its requests: end the worker, release the threads."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        for entry in self.queue:
+            if not entry.future.done():
+                entry.future.set_exception(Overloaded())
+        self.model_thread.shutdown(wait=True)
+        self.decode_pool.shutdown(wait=True)
+
+    # ---------------------------------------------------------------------------------------------
+
+    async def embed(self, kind: str, inputs: list) -> Tensor:
+        """(len(inputs), d) float32 unit rows for texts (kind "text") or preprocessed images ("image")."""
+        if not inputs:
+            return torch.zeros(0, self.model.dim)
+        if len(self.queue) >= self.max_queue:
+            raise Overloaded()
+        entry = Entry(kind, list(inputs), asyncio.get_running_loop().create_future())
+        self.queue.append(entry)
+        self._arrived.set()
+        return await entry.future
+
+    async def decode(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` in a decode thread (image decoding and preprocessing)."""
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    async def in_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` in the model thread, between batches (e.g. label embeddings)."""
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+    # ---------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            while not self.queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            batch = await self._gather()
+            try:
+                rows = await self.in_model_thread(self._forward, batch[0].kind, [x for e in batch for x in e.inputs])
+            except Exception as e:  # noqa: BLE001 - the requests get the error, the worker lives on
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(e)
+                continue
+            at = 0
+            for entry in batch:
+                if not entry.future.done():  # a client that went away cancelled its future
+                    entry.future.set_result(rows[at : at + len(entry.inputs)])
+                at += len(entry.inputs)
+            if self.on_batch is not None:
+                self.on_batch(batch[0].kind, at, len(batch))
+
+    async def _gather(self) -> list[Entry]:
+        """The oldest entry plus the queued entries of its kind that fit in `max_batch`, after waiting
+        up to `max_wait` from its arrival for more to come."""
+        kind = self.queue[0].kind
+        deadline = self.queue[0].queued_at + self.max_wait
+        while self._queued(kind) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        batch, size, keep = [], 0, deque()
+        while self.queue:
+            entry = self.queue.popleft()
+            fits = entry.kind == kind and (not batch or size + len(entry.inputs) <= self.max_batch)
+            if fits and not entry.future.done():
+                batch.append(entry)
+                size += len(entry.inputs)
+            elif not entry.future.done():
+                keep.append(entry)
+        self.queue.extendleft(reversed(keep))
+        return batch or await self._gather_next()
+
+    async def _gather_next(self) -> list[Entry]:
+        while not self.queue:  # every queued entry was cancelled: wait for a new one
+            self._arrived.clear()
+            await self._arrived.wait()
+        return await self._gather()
+
+    def _queued(self, kind: str) -> int:
+        return sum(len(e.inputs) for e in self.queue if e.kind == kind)
+
+    def _forward(self, kind: str, inputs: list) -> Tensor:
+        if kind == "text":
+            return self.model.embed_texts(inputs, batch_size=max(len(inputs), 1))
+        return self.model.embed_images(stack_images(inputs), batch_size=max(len(inputs), 1))

@@ -1,0 +1,93 @@
+"""The indexes a server holds: the one place the service touches `siglip.index`.
+
+Each `--index NAME=PATH` is opened once at start (meta.json read, the model's fingerprint checked)
+and searched exactly with `siglip.index.topk_file`, which reads the rows file in chunks through the
+page cache (the process never holds the whole index). Items come from items.jsonl by byte offset.
+When `siglip.index.open(path).search(...)` (approximate indexes) lands, it replaces `search` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from siglip.index import check_model, read_items, read_meta, topk_file
+from siglip.serve.images import ShardMembers
+
+
+@dataclass
+class ServedIndex:
+    """One index: `name` (as clients select it), `path`, `meta` (its meta.json), read-only."""
+
+    name: str
+    path: Path
+    meta: dict
+    _shards: ShardMembers = field(default_factory=ShardMembers, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """ "image" or "text": what the rows embed."""
+        return self.meta.get("kind", "image")
+
+    @property
+    def count(self) -> int:
+        return int(self.meta["count"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Exact top-k of (q, d) float32 unit rows: (q, k') cosines (descending) and (q, k') row ids,
+        k' = min(k, count)."""
+        if self.count == 0:
+            return torch.zeros(len(queries), 0), torch.zeros(len(queries), 0, dtype=torch.long)
+        return topk_file(self.path / self.meta["embeddings"], queries, min(k, self.count))
+
+    def items(self, rows: list[int]) -> list[dict]:
+        """items.jsonl objects of `rows` ({"path", "caption"?} / {"shard", "key"} / {"text"}, with "id")."""
+        return read_items(self.path, self.meta, rows)
+
+    def vectors(self, rows: list[int]) -> Tensor:
+        """(len(rows), d) float32 stored rows (memory-mapped read of just those rows)."""
+        emb = np.load(self.path / self.meta["embeddings"], mmap_mode="r")
+        return torch.from_numpy(np.asarray(emb[rows], dtype=np.float32))
+
+    def image_source(self, row: int) -> Path | bytes | None:
+        """Where item `row`'s image is: its file, or its bytes read from its shard; None for a text item."""
+        item = self.items([row])[0]
+        if "path" in item:
+            return Path(item["path"])
+        if "shard" in item:
+            return self._shards.read(item["shard"], item["key"])
+        return None
+
+
+def parse_index_flag(value: str) -> tuple[str, Path]:
+    """`NAME=PATH` (or a bare PATH, named after its folder) -> (name, path)."""
+    name, sep, path = value.partition("=")
+    if not sep:
+        name, path = Path(value).name.removesuffix(".index") or "index", value
+    if not name or not path:
+        raise ValueError(f"--index {value!r}: expected NAME=PATH (e.g. photos=photos.index)")
+    return name, Path(path)
+
+
+def open_indexes(flags: list[str], fingerprint: str, model_path: str) -> dict[str, ServedIndex]:
+    """Open every `--index` flag; refuse a missing index, a repeated name, or one built with other
+    weights than `fingerprint` (naming the index)."""
+    out: dict[str, ServedIndex] = {}
+    for flag in flags:
+        name, path = parse_index_flag(flag)
+        if name in out:
+            raise ValueError(f"--index {flag}: the name {name!r} is given twice")
+        meta = read_meta(path)
+        if meta is None:
+            raise FileNotFoundError(f"--index {flag}: no meta.json in {path}; not an index written by siglip embed")
+        check_model(meta, fingerprint, f"--index {name}={path}", f"--model {model_path}")
+        out[name] = ServedIndex(name, path, meta)
+    return out

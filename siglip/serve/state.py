@@ -1,0 +1,111 @@
+"""What one server process holds once: the model, its indexes, the batching queue, the limits, the
+metrics; and the steps every route shares (embed texts or uploaded images, pick an index, build a
+thumbnail URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from fastapi import Request
+from torch import Tensor
+
+from siglip.api import Model, TokenizerMissing
+from siglip.serve.batching import Batcher, Overloaded
+from siglip.serve.images import decode_image
+from siglip.serve.indexes import ServedIndex
+from siglip.serve.limits import ApiError, sign
+from siglip.serve.metrics import Metrics
+
+
+@dataclass
+class Settings:
+    """The command's limits and switches (see `siglip serve --help`)."""
+
+    api_key: str = ""
+    max_body: int = 20 * 1024 * 1024  # bytes
+    max_pixels: int = 40_000_000  # per uploaded image, width x height
+    max_inputs: int = 2048  # texts or images per request
+    max_concurrent: int = 256  # requests in flight (bodies held) before 503
+    max_k: int = 10_000  # results per search
+    public_url: str = ""  # the base of absolute URLs (thumbnails); default: the request's own
+    cors: list[str] = field(default_factory=list)
+    retry_after_s: int = 1
+
+
+@dataclass
+class ServerState:
+    model: Model
+    indexes: dict[str, ServedIndex]
+    settings: Settings
+    batcher: Batcher
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, model: Model, indexes: dict[str, ServedIndex], settings: Settings, **batching) -> ServerState:
+        """`batching`: Batcher's max_batch, max_wait_ms, max_queue, decode_threads."""
+        metrics = Metrics(index_rows={name: ix.count for name, ix in indexes.items()})
+        batcher = Batcher(model, on_batch=metrics.batch, **batching)
+        metrics.queue_depth = lambda: batcher.depth
+        return cls(model, indexes, settings, batcher, metrics)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.path.rstrip("/").rsplit("/", 1)[-1] or "siglip"
+
+    # ---------------------------------------------------------------------------------------------
+
+    def index(self, name: str | None, field: str = "index") -> ServedIndex:
+        """The index called `name`; with one index served, `name` may be omitted."""
+        if not self.indexes:
+            raise ApiError(400, "this server holds no index (start it with --index NAME=PATH)")
+        if name is None or name == "":
+            if len(self.indexes) == 1:
+                return next(iter(self.indexes.values()))
+            raise ApiError(400, f"{field}: required with several indexes; choose one of {sorted(self.indexes)}")
+        if not isinstance(name, str):
+            raise ApiError(400, f"{field}: expected a string (an index name)")
+        if name not in self.indexes:
+            raise ApiError(404, f"{field}: no index {name!r}; this server has {sorted(self.indexes)}")
+        return self.indexes[name]
+
+    async def embed_texts(self, texts: list[str]) -> Tensor:
+        """(n, d) unit rows, through the batching queue."""
+        if not self.model.has_tokenizer:
+            raise ApiError(400, "this model was loaded without a tokenizer, so it cannot embed texts")
+        return await self._embed("text", texts)
+
+    async def embed_images(self, values: list[str], field: str, positions: list[int] | None = None) -> Tensor:
+        """Base64 / data: URL images -> (n, d) unit rows: decoded and preprocessed in decode threads
+        (header checked against --max-pixels first), then embedded through the batching queue.
+        Errors name `field` (a single image) or `field[i]` (`positions`: each value's i in the request)."""
+        if positions is None and field.endswith("s"):
+            positions = list(range(len(values)))
+        names = [f"{field}[{i}]" for i in positions] if positions is not None else [field] * len(values)
+        jobs = [self.batcher.decode(self._prepare, v, name) for v, name in zip(values, names)]
+        return await self._embed("image", list(await asyncio.gather(*jobs)))
+
+    def _prepare(self, value: str, field: str) -> Tensor:
+        """One image, in a decode thread: base64 -> PIL (size checked first) -> the model's input."""
+        return self.model.preprocess(decode_image(value, field, self.settings.max_pixels))
+
+    async def _embed(self, kind: str, inputs: list) -> Tensor:
+        try:
+            return await self.batcher.embed(kind, inputs)
+        except Overloaded as e:
+            retry = {"Retry-After": str(self.settings.retry_after_s)}
+            raise ApiError(503, "the server is at capacity (--max-queue requests waiting); retry", retry) from e
+        except TokenizerMissing as e:
+            raise ApiError(400, str(e)) from e
+
+    # ---------------------------------------------------------------------------------------------
+
+    def base_url(self, request: Request) -> str:
+        return (self.settings.public_url or str(request.base_url)).rstrip("/")
+
+    def thumbnail_url(self, request: Request, index: str, row: int) -> str:
+        """Absolute URL of item `row`'s thumbnail; signed (`?sig=`) when the server has an API key."""
+        url = f"{self.base_url(request)}/items/{quote(index, safe='')}/{row}/thumbnail"
+        return url + (f"?sig={sign(self.settings.api_key, index, row)}" if self.settings.api_key else "")
