@@ -1,24 +1,26 @@
 """What the real-browser tests of `siglip serve` share: a tiny saved model with an index of drawn
 shapes, the server started in a subprocess on a free loopback port, and headless Chromium driven by
-Selenium (skipped, with the reason, where Debian's chromium / chromium-driver are not installed)."""
+Selenium (skipped, with the reason, where Debian's chromium / chromium-driver are not installed).
+The server itself is started by tests/serve_helpers.Server."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.serve_helpers import Server, free_port
+
 CHROMIUM = os.environ.get("SIGLIP_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SIGLIP_CHROMEDRIVER", "/usr/bin/chromedriver")
 SHAPES = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("orange", "circle"), ("purple", "square")]
@@ -64,46 +66,26 @@ def tiny_model_and_index(root: Path, tokenizer, copies: int = 2) -> tuple[Path, 
     return root / "m.pt", root / "photos.index", images
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    import httpx
-
+def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
             if httpx.get(url, timeout=2).status_code < 500:
                 return
-        time.sleep(0.25)
+        time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager
-def serving(args: list[str], log: Path, health: str = "/health") -> Iterator[str]:
-    """Runs `python -m siglip serve ARGS --port P` (this checkout's siglip) until the block ends;
-    yields its base URL http://127.0.0.1:P. Its output goes to `log`, quoted if it fails to start."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "siglip", "serve", *args, "--port", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
+def serving(args: list[str], log: Path) -> Iterator[str]:
+    """`siglip serve ARGS` (tests/serve_helpers.Server) until the block ends; yields its base URL."""
+    server = Server(args, log)
     try:
-        wait_until_up(base + health, proc, log)
-        yield base
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @contextlib.contextmanager
@@ -115,7 +97,7 @@ def static_folder(folder: Path, log: Path) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(base + "/", proc, log, timeout=30)
+        wait_until_up(base + "/", proc, log)
         yield base
     finally:
         proc.terminate()
