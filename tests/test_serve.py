@@ -75,6 +75,7 @@ def test_openai_client_embeds_texts_and_images_as_the_model_does(world):
     text_tokens = sum(min(len(tok.encode(t)), tok.length) for t in texts)
     assert out.usage.prompt_tokens == out.usage.total_tokens == text_tokens + (16 // model.config.patch_size) ** 2
 
+    assert [m.id for m in client.models.list()] == ["m.pt"]
     floats = client.embeddings.create(model="m", input="a dog running on grass", encoding_format="float")
     torch.testing.assert_close(
         torch.tensor(floats.data[0].embedding), model.embed_texts(["a dog running on grass"])[0], atol=1e-3, rtol=0
@@ -178,21 +179,29 @@ def test_thumbnails_serve_items_of_the_index_only(world):
     assert max(small.size) <= 256 and small.format == "JPEG"
     for bad in ("/items/photos/7/thumbnail", "/items/photos/-1/thumbnail", "/items/nope/0/thumbnail",
                 "/items/texts/0/thumbnail", "/items/photos/..%2F..%2Fetc%2Fpasswd/thumbnail",
-                "/items/%2Fetc%2Fpasswd/0/thumbnail"):  # fmt: skip
+                "/items/%2Fetc%2Fpasswd/0/thumbnail", "/items/photos/%C2%B2/thumbnail",
+                "/items/photos/" + "9" * 5000 + "/thumbnail", "/items/photos/1.0/thumbnail"):  # fmt: skip
         r = httpx.get(world["url"] + bad, timeout=30)
         assert r.status_code == 404 and "error" in r.json(), (bad, r.text)
 
 
 def test_page_static_health_metrics_and_cors(world):
+    assert httpx.get(world["url"] + "/v2/none", timeout=30).status_code == 404  # counted as route "other"
     page = httpx.get(world["url"] + "/", timeout=30)
     assert page.status_code == 200 and "<html" in page.text.lower()
     health = httpx.get(world["url"] + "/health", timeout=30).json()
     assert health["status"] == "ok" and health["indexes"]["photos"] == {"kind": "image", "count": 7}
     metrics = httpx.get(world["url"] + "/metrics", timeout=30)
     assert metrics.headers["content-type"].startswith("text/plain")
-    for name in ("siglip_requests_total{", "siglip_request_seconds_bucket{", "siglip_batch_size_bucket{",
-                 "siglip_queue_depth ", 'siglip_index_rows{index="photos"} 7'):  # fmt: skip
-        assert name in metrics.text, name
+    from prometheus_client.parser import text_string_to_metric_families  # Prometheus' own reader
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    assert families["siglip_request_seconds"].type == "histogram"
+    assert families["siglip_batch_size"].type == "histogram" and families["siglip_queue_depth"].type == "gauge"
+    answered = {(s.labels["route"], s.labels["status"]): s.value for s in families["siglip_requests"].samples}
+    assert answered[("/health", "200")] >= 1 and ("/v2/none", "404") not in answered
+    rows = {s.labels["index"]: s.value for s in families["siglip_index_rows"].samples}
+    assert rows == {"photos": 7, "texts": 6}
     pre = httpx.options(
         world["url"] + "/v1/search",
         headers={"Origin": "http://front.test", "Access-Control-Request-Method": "POST"},

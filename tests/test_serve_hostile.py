@@ -67,7 +67,8 @@ def test_every_api_route_needs_the_key_but_the_page_and_health_do_not(world):
     url = world["url"]
     for method, path in [("POST", "/v1/search"), ("POST", "/v1/embeddings"), ("POST", "/v1/classify"),
                          ("POST", "/v1/score"), ("GET", "/indices-list"), ("POST", "/knn-service"),
-                         ("POST", "/metadata"), ("GET", "/metrics"), ("GET", "/items/photos/0/thumbnail")]:  # fmt: skip
+                         ("POST", "/metadata"), ("GET", "/metrics"), ("GET", "/items/photos/0/thumbnail"),
+                         ("GET", "/v1/models")]:  # fmt: skip
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
             r = httpx.request(method, url + path, headers=headers, json={"text": "a cat"}, timeout=30)
             assert r.status_code == 401, (method, path, headers, r.text)
@@ -77,6 +78,14 @@ def test_every_api_route_needs_the_key_but_the_page_and_health_do_not(world):
     assert httpx.get(url + "/indices-list", headers=AUTH, timeout=30).json() == ["photos", "texts"]
     for path in ("/", "/health"):
         assert httpx.get(url + path, timeout=30).status_code == 200
+
+
+def test_no_cors_without_the_flag(world):
+    origin = {"Origin": "http://elsewhere.test"}
+    r = httpx.get(world["url"] + "/indices-list", headers=AUTH | origin, timeout=30)
+    assert r.status_code == 200 and not any(h.startswith("access-control-") for h in r.headers)
+    pre = httpx.options(world["url"] + "/v1/search", headers=origin | {"Access-Control-Request-Method": "POST"})
+    assert pre.status_code in (401, 405) and not any(h.startswith("access-control-") for h in pre.headers)
 
 
 def test_thumbnail_urls_are_signed_so_an_img_needs_no_header(world):
@@ -101,6 +110,10 @@ def test_thumbnail_urls_are_signed_so_an_img_needs_no_header(world):
 BAD = [  # (path, body or raw bytes, status, words the message must contain)
     ("/v1/search", b"{not json", 400, "malformed JSON"),
     ("/v1/search", b"", 400, "empty"),
+    ("/v1/search", b"[" * 100_000, 400, "malformed JSON (RecursionError"),
+    ("/v1/search", b'{"k": 1' + b"0" * 5000 + b"}", 400, "malformed JSON"),
+    ("/v1/search", b'{"index": "photos", "text": "\xff"}', 400, "malformed JSON (UnicodeDecodeError"),
+    ("/v1/search", b"\xff\xfe{}", 400, "malformed JSON"),
     ("/v1/search", b"[1, 2]", 400, "JSON object"),
     ("/v1/search", {"index": "photos", "text": "a cat", "k": "ten"}, 400, "k:"),
     ("/v1/search", {"index": "photos", "text": "a cat", "k": 0}, 400, "k: 0 is out of range"),
@@ -126,6 +139,7 @@ BAD = [  # (path, body or raw bytes, status, words the message must contain)
     ("/v1/classify", {"images": ["AAAA"]}, 400, "labels:"),
     ("/v1/classify", {"images": ["AAAA"], "labels": ["a"], "templates": ["no slot"]}, 400, "templates[0]"),
     ("/v1/classify", {"images": "AAAA", "labels": ["a"]}, 400, "images: expected an array"),
+    ("/v1/classify", {"images": ["AAAA"] * 300, "labels": ["a"]}, 400, "images: 300 images, over the limit of 256"),
     ("/v1/score", {"images": ["AAAA"], "texts": ["a", "b"], "pairs": True}, 400, "texts: pairs=true"),
     ("/v1/score", {"images": ["AAAA"], "texts": ["a"], "pairs": "yes"}, 400, "pairs:"),
     ("/v1/score", {"images": [None], "texts": ["a"]}, 400, "images[0]"),
@@ -136,6 +150,8 @@ BAD = [  # (path, body or raw bytes, status, words the message must contain)
     ("/v1/embeddings", {"model": "m", "input": "a", "encoding_format": "hex"}, 400, "encoding_format"),
     ("/v1/embeddings", {"model": "m", "input": "a", "dimensions": 3}, 400, "dimensions"),
     ("/v1/embeddings", {"model": "m", "input": ["a"] * 5000}, 400, "input: 5000 items"),
+    ("/v1/embeddings", {"model": "m", "input": ["a", "b" * 100_000]}, 400, "input[1]: 100000 characters"),
+    ("/v1/search", {"index": "photos", "text": "b" * 100_000}, 400, "text: 100000 characters"),
     ("/v1/embeddings", {"model": "m", "input": "data:image/png;base64,AAAA"}, 400, "input[0]"),
     ("/knn-service", {"image_url": "http://169.254.169.254/", "indice_name": "photos"}, 400, "image_url"),
     ("/knn-service", {"text": "a", "indice_name": "photos", "modality": "audio"}, 400, "modality"),
@@ -273,9 +289,11 @@ def test_binding_beyond_loopback_without_a_key_warns(world, monkeypatch, caplog)
         assert main(["serve", "--model", str(world["model"]), "--host", "0.0.0.0"]) == 0
         assert main(["serve", "--model", str(world["model"]), "--host", "0.0.0.0", "--api-key", "k"]) == 0
         assert main(["serve", "--model", str(world["model"])]) == 0
+        monkeypatch.setenv("SIGLIP_API_KEY", "from-the-environment")
+        assert main(["serve", "--model", str(world["model"]), "--host", "0.0.0.0"]) == 0
     warnings = [r.getMessage() for r in caplog.records if "without --api-key" in r.getMessage()]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0]
-    assert [c["host"] for c in calls] == ["0.0.0.0", "0.0.0.0", "127.0.0.1"]
+    assert [c["host"] for c in calls] == ["0.0.0.0", "0.0.0.0", "127.0.0.1", "0.0.0.0"]
 
 
 def test_without_fastapi_the_error_names_the_extra(world, monkeypatch, capsys):
@@ -284,3 +302,28 @@ def test_without_fastapi_the_error_names_the_extra(world, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
     assert main(["serve", "--model", str(world["model"])]) == 1
     assert "pip install 'siglip[serve]'" in capsys.readouterr().err
+
+
+VALID = {  # one good body per POST route; every field of it is then swapped for each odd value
+    "/v1/search": {"index": "photos", "text": "a cat", "k": 3},
+    "/v1/classify": {"images": ["IMAGE"], "labels": ["a cat", "a dog"], "templates": ["a {}"]},
+    "/v1/score": {"images": ["IMAGE"], "texts": ["a cat"], "pairs": True},
+    "/v1/embeddings": {"model": "m", "input": ["a cat"], "encoding_format": "float"},
+    "/knn-service": {"text": "a cat", "indice_name": "photos", "modality": "image", "num_images": 2},
+    "/metadata": {"ids": [0, 1], "indice_name": "photos"},
+}
+ODD = [None, 0, -1, 2**70, 1.5, float("nan"), True, "", "x", [], [None], [1.5], ["x"] * 3, {}, {"a": 1}]
+
+
+def test_every_field_swapped_for_odd_values_never_gives_a_5xx(world):
+    image = b64(world["images"][0])
+    with httpx.Client(base_url=world["url"], headers=AUTH, timeout=60) as client:
+        for path, good in VALID.items():
+            good = json.loads(json.dumps(good).replace('"IMAGE"', json.dumps(image)))
+            assert client.post(path, json=good).status_code == 200, path
+            for key in good:
+                for odd in ODD:
+                    r = client.post(path, content=json.dumps({**good, key: odd}))
+                    assert r.status_code < 500 and (r.status_code == 200 or key in r.json()["error"]["message"]), (
+                        path, key, odd, r.status_code, r.text[:300])  # fmt: skip
+    assert world["server"].healthy()

@@ -2,7 +2,7 @@
 
     siglip serve --model siglip_b16.pt --index photos=photos.index
     siglip serve --model m.pt --index photos=photos.index --index captions=captions.index \\
-        --host 0.0.0.0 --port 8080 --api-key "$SIGLIP_KEY" --cors https://my.site --public-url https://search.my.site
+        --host 0.0.0.0 --port 8080 --cors https://my.site --public-url https://search.my.site   # key in $SIGLIP_API_KEY
 
 Then open http://127.0.0.1:8000/ (the search page), or:
 
@@ -25,6 +25,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
 import re
 
 from siglip.api import DTYPES
@@ -52,7 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("network and safety")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--api-key", default="", help="require Authorization: Bearer KEY on every API route")
+    g.add_argument(
+        "--api-key",
+        default=os.environ.get("SIGLIP_API_KEY", ""),
+        help="require Authorization: Bearer KEY on every API route (default: $SIGLIP_API_KEY, which ps does not show)",
+    )
     g.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow this origin (repeat)")
     g.add_argument("--public-url", default="", help="base of the absolute URLs we hand out (behind a proxy)")
     g.add_argument("--max-body", type=parse_size, default="20MB", help="largest request body (413 above)")
@@ -89,8 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     indexes = open_indexes(args.index, model.fingerprint, args.model)
-    settings = Settings(args.api_key, args.max_body, args.max_pixels, max_concurrent=args.max_concurrent)
-    settings.public_url, settings.cors = args.public_url, args.cors
+    settings = Settings(
+        api_key=args.api_key,
+        max_body=args.max_body,
+        max_pixels=args.max_pixels,
+        max_concurrent=args.max_concurrent,
+        public_url=args.public_url,
+        cors=args.cors,
+    )
     batching = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     state = ServerState.build(model, indexes, settings, decode_threads=args.decode_threads, **batching)
     if not is_loopback(args.host) and not args.api_key:

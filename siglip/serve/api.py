@@ -15,8 +15,6 @@ Images are base64 strings or `data:image/...;base64,` URLs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -24,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from siglip.api import DEFAULT_TEMPLATES
 from siglip.serve import fields
-from siglip.serve.images import thumbnail_jpeg
+from siglip.serve.images import ThumbnailCache, thumbnail_jpeg
 from siglip.serve.indexes import ServedIndex
 from siglip.serve.limits import ApiError, check_bearer, check_signature
 from siglip.serve.state import ServerState
@@ -67,7 +65,7 @@ async def query_vector(
 ) -> torch.Tensor:
     """(1, d) unit query from exactly one of a text, an image or a vector field (`first`: the first
     of them given, in that order, as clip-retrieval's back end picks)."""
-    text = fields.string(body, text_key, None, allow_empty=True) or None
+    text = fields.string(body, text_key, None, allow_empty=True, max_chars=fields.MAX_TEXT_CHARS) or None
     image = fields.string(body, image_key, None, allow_empty=True) or None
     vec = fields.vector(body, vector_key, s.model.dim)
     given = [k for k, v in ((text_key, text), (image_key, image), (vector_key, vec)) if v is not None]
@@ -104,21 +102,21 @@ async def search_index(ix: ServedIndex, q: torch.Tensor, k: int) -> tuple[list[f
 
 
 @router.post("/v1/search")
-async def search(request: Request) -> dict:
+async def search(request: Request) -> Response:
     s = state_of(request)
     body = await fields.read_json(request)
     ix = s.index(body.get("index"))
     k = fields.integer(body, "k", 10, 1, s.settings.max_k)
     q = await query_vector(s, body, "text", "image", "vector")
     cos, rows, items = await search_index(ix, q, k)
-    logits = s.model.from_cosine(torch.tensor(cos)).tolist()
+    logits = s.model.from_cosine(torch.tensor(cos))  # (k,) t * cos + b
     hits = []
-    for row, c, z, item in zip(rows, cos, logits, items):
-        hit = {"row": row, **item_fields(item), "score": float(torch.sigmoid(torch.tensor(z))), "logit": z, "cosine": c}
+    for row, c, z, p, item in zip(rows, cos, logits.tolist(), torch.sigmoid(logits).tolist(), items):
+        hit = {"row": row, **item_fields(item), "score": p, "logit": z, "cosine": c}
         if ix.kind == "image":
             hit["thumbnail"] = s.thumbnail_url(request, ix.name, row)
         hits.append(hit)
-    return {"index": ix.name, "k": k, "hits": hits}
+    return await fields.json_response({"index": ix.name, "k": k, "hits": hits})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,8 +128,10 @@ async def classify(request: Request) -> dict:
     s = state_of(request)
     body = await fields.read_json(request)
     images = fields.strings(body, "images", s.settings.max_inputs)
-    labels = fields.strings(body, "labels", s.settings.max_inputs)
-    templates = fields.strings(body, "templates", MAX_TEMPLATES, required=False) or list(DEFAULT_TEMPLATES)
+    labels = fields.strings(body, "labels", s.settings.max_inputs, max_chars=fields.MAX_TEXT_CHARS)
+    templates = fields.strings(body, "templates", MAX_TEMPLATES, False, fields.MAX_TEXT_CHARS) or list(
+        DEFAULT_TEMPLATES
+    )
     for i, t in enumerate(templates):
         if "{}" not in t:
             raise ApiError(400, f"templates[{i}]: {t!r} has no '{{}}' where the label goes")
@@ -151,7 +151,7 @@ async def score(request: Request) -> dict:
     s = state_of(request)
     body = await fields.read_json(request)
     images = fields.strings(body, "images", s.settings.max_inputs)
-    texts = fields.strings(body, "texts", s.settings.max_inputs)
+    texts = fields.strings(body, "texts", s.settings.max_inputs, max_chars=fields.MAX_TEXT_CHARS)
     pairs = fields.boolean(body, "pairs", False)
     if pairs and len(images) != len(texts):
         raise ApiError(
@@ -167,23 +167,6 @@ async def score(request: Request) -> dict:
 # thumbnails: items of an index only, by row
 
 
-class ThumbnailCache:
-    """The last `size` thumbnails made (JPEG bytes, ~10 kB each)."""
-
-    def __init__(self, size: int = 512):
-        self.size, self.items = size, OrderedDict()
-
-    def get(self, key: tuple[str, int]) -> bytes | None:
-        if key in self.items:
-            self.items.move_to_end(key)
-        return self.items.get(key)
-
-    def put(self, key: tuple[str, int], value: bytes) -> None:
-        self.items[key] = value
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-
-
 @open_router.get("/items/{index}/{row}/thumbnail")
 async def thumbnail(request: Request, index: str, row: str) -> Response:
     s = state_of(request)
@@ -191,13 +174,14 @@ async def thumbnail(request: Request, index: str, row: str) -> Response:
     if index not in s.indexes:
         raise ApiError(404, f"index: no index {index!r}; this server has {sorted(s.indexes)}")
     ix = s.indexes[index]
-    if not row.isdigit() or int(row) >= ix.count:
-        raise ApiError(404, f"row: {row!r} is not a row of index {index!r} (0 to {ix.count - 1})")
+    n = int(row) if row.isascii() and row.isdigit() and len(row) <= 18 else -1  # not "²", not 5000 digits
+    if not 0 <= n < ix.count:
+        raise ApiError(404, f"row: {row[:40]!r} is not a row of index {index!r} (0 to {ix.count - 1})")
     cache: ThumbnailCache = request.app.state.thumbnails
-    jpeg = cache.get((index, int(row)))
+    jpeg = cache.get((index, n))
     if jpeg is None:
-        jpeg = await s.batcher.decode(_make_thumbnail, ix, int(row))
-        cache.put((index, int(row)), jpeg)
+        jpeg = await s.batcher.decode(_make_thumbnail, ix, n)
+        cache.put((index, n), jpeg)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -207,5 +191,5 @@ def _make_thumbnail(ix: ServedIndex, row: int) -> bytes:
         raise ApiError(404, f"row: item {row} of index {ix.name!r} is a text; it has no image")
     try:
         return thumbnail_jpeg(source)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a file gone, truncated or over PIL's limit since it was indexed
         raise ApiError(404, f"row: the image of item {row} of index {ix.name!r} cannot be read ({e})") from e

@@ -25,6 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siglip.serve import api, clip_back, openai
+from siglip.serve.images import ThumbnailCache
 from siglip.serve.limits import BodyLimit, install_error_handlers
 from siglip.serve.metrics import Metrics
 from siglip.serve.state import ServerState
@@ -68,7 +69,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     app = FastAPI(title="siglip serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.siglip = state
-    app.state.thumbnails = api.ThumbnailCache()
+    app.state.thumbnails = ThumbnailCache()
     install_error_handlers(app)
     for router in (api.open_router, api.router, openai.router, clip_back.router):
         app.include_router(router)
@@ -89,5 +90,6 @@ def create_app(state: ServerState) -> FastAPI:
             allow_origins=state.settings.cors,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],
         )
     return app

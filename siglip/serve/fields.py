@@ -10,11 +10,14 @@ import json
 import math
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from siglip.serve.limits import ApiError
 
 MISSING = object()
+MAX_TEXT_CHARS = 65_536  # a text far past any model's context length is a mistake or an attack
+BIG = 1 << 20  # bytes of JSON parsed or written in a worker thread rather than on the event loop
 
 
 async def read_json(request: Request) -> dict:
@@ -23,12 +26,19 @@ async def read_json(request: Request) -> dict:
     if not raw.strip():
         raise ApiError(400, "request body: empty; expected a JSON object")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body: malformed JSON ({e})") from e
+        body = await run_in_threadpool(json.loads, raw) if len(raw) > BIG else json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, a 5000-digit number, [[[[...
+        raise ApiError(400, f"request body: malformed JSON ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(body, dict):
         raise ApiError(400, f"request body: expected a JSON object, got {type(body).__name__}")
     return body
+
+
+async def json_response(payload: dict | list) -> Response:
+    """`payload` as a JSON response, serialised off the event loop (an embeddings answer of 2048 rows
+    of 768 floats is ~30 MB of text)."""
+    text = await run_in_threadpool(json.dumps, payload, separators=(",", ":"))
+    return Response(text, media_type="application/json")
 
 
 def _type_name(value: Any) -> str:
@@ -39,8 +49,15 @@ def _type_name(value: Any) -> str:
     )
 
 
-def string(body: dict, key: str, default: Any = MISSING, allow_empty: bool = False) -> Any:
-    """A string field (None counts as absent)."""
+def check_chars(value: str, key: str, max_chars: int | None) -> None:
+    if max_chars is not None and len(value) > max_chars:
+        raise ApiError(400, f"{key}: {len(value)} characters, over the limit of {max_chars} for a text")
+
+
+def string(
+    body: dict, key: str, default: Any = MISSING, allow_empty: bool = False, max_chars: int | None = None
+) -> Any:
+    """A string field (None counts as absent) of at most `max_chars` characters."""
     value = body.get(key)
     if value is None:
         if default is MISSING:
@@ -50,6 +67,7 @@ def string(body: dict, key: str, default: Any = MISSING, allow_empty: bool = Fal
         raise ApiError(400, f"{key}: expected a string, got {_type_name(value)}")
     if not value and not allow_empty:
         raise ApiError(400, f"{key}: empty string")
+    check_chars(value, key, max_chars)
     return value
 
 
@@ -77,8 +95,9 @@ def boolean(body: dict, key: str, default: bool) -> bool:
     return value
 
 
-def strings(body: dict, key: str, max_items: int, required: bool = True) -> list[str]:
-    """A non-empty list of non-empty strings (at most `max_items`); absent and not required: []."""
+def strings(body: dict, key: str, max_items: int, required: bool = True, max_chars: int | None = None) -> list[str]:
+    """A non-empty list of non-empty strings (at most `max_items`, each at most `max_chars`);
+    absent and not required: []."""
     value = body.get(key)
     if value is None and not required:
         return []
@@ -93,6 +112,7 @@ def strings(body: dict, key: str, max_items: int, required: bool = True) -> list
             raise ApiError(400, f"{key}[{i}]: expected a string, got {_type_name(v)}")
         if not v:
             raise ApiError(400, f"{key}[{i}]: empty string")
+        check_chars(v, f"{key}[{i}]", max_chars)
     return value
 
 

@@ -16,6 +16,7 @@ import re
 import tarfile
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image
@@ -123,3 +124,20 @@ def thumbnail_jpeg(source: str | Path | bytes, side: int = THUMBNAIL_SIDE) -> by
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+class ThumbnailCache:
+    """The last `size` thumbnails made (JPEG bytes, ~10 kB each)."""
+
+    def __init__(self, size: int = 512):
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        if key in self.items:
+            self.items.move_to_end(key)
+        return self.items.get(key)
+
+    def put(self, key: tuple[str, int], value: bytes) -> None:
+        self.items[key] = value
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)

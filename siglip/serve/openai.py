@@ -3,7 +3,7 @@
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
     client.embeddings.create(model="siglip", input=["a dog", "data:image/png;base64,iVBOR..."])
 
-POST /v1/embeddings {"input": str | [str], "model": str, "encoding_format"?: "float" | "base64",
+GET /v1/models lists the one model served. POST /v1/embeddings {"input": str | [str], "model": str, "encoding_format"?: "float" | "base64",
 "dimensions"?: d} -> {"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
 "model", "usage": {"prompt_tokens", "total_tokens"}}. A string that is a `data:image/...;base64,`
 URL embeds as an image, every other string as a text; rows are unit-norm float32 (base64: their
@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from siglip.serve import fields
 from siglip.serve.api import require_key, state_of
@@ -43,8 +44,15 @@ def usage_tokens(s: ServerState, texts: list[str], n_images: int) -> int:
     return text_tokens + n_images * (cfg.image_size // cfg.patch_size) ** 2
 
 
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    """The one model served, as OpenAI lists models (clients and tools ask before embedding)."""
+    model = {"id": state_of(request).model_name, "object": "model", "created": 0, "owned_by": "siglip"}
+    return {"object": "list", "data": [model]}
+
+
 @router.post("/v1/embeddings")
-async def embeddings(request: Request) -> dict:
+async def embeddings(request: Request) -> Response:
     s = state_of(request)
     body = await fields.read_json(request)
     inputs = read_inputs(body, s.settings.max_inputs)
@@ -56,6 +64,9 @@ async def embeddings(request: Request) -> dict:
     if dims != s.model.dim:
         raise ApiError(400, f"dimensions: this model's embeddings have {s.model.dim} dimensions, not {dims}")
     is_image = [is_image_data_url(v) for v in inputs]
+    for i, (v, img) in enumerate(zip(inputs, is_image)):
+        if not img:
+            fields.check_chars(v, f"input[{i}]", fields.MAX_TEXT_CHARS)
     texts = [v for v, img in zip(inputs, is_image) if not img]
     images = [v for v, img in zip(inputs, is_image) if img]
     ztxt = await s.embed_texts(texts) if texts else torch.zeros(0, s.model.dim)
@@ -68,8 +79,9 @@ async def embeddings(request: Request) -> dict:
     for img in is_image:
         rows.append(next(ii) if img else next(ti))
     data = [{"object": "embedding", "index": i, "embedding": encode(r, encoding)} for i, r in enumerate(rows)]
-    tokens = usage_tokens(s, texts, len(images))
-    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    tokens = await run_in_threadpool(usage_tokens, s, texts, len(images))  # tokenising: off the event loop
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return await fields.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
 
 def encode(row: torch.Tensor, encoding: str) -> list[float] | str:

@@ -27,7 +27,9 @@ class Settings:
     api_key: str = ""
     max_body: int = 20 * 1024 * 1024  # bytes
     max_pixels: int = 40_000_000  # per uploaded image, width x height
-    max_inputs: int = 2048  # texts or images per request
+    max_inputs: int = 2048  # texts per request (OpenAI's limit)
+    max_images: int = 256  # images per request
+    max_images_held: int = 1024  # decoded images held at once, all requests together (~0.6 GB at 224 px)
     max_concurrent: int = 256  # requests in flight (bodies held) before 503
     max_k: int = 10_000  # results per search
     public_url: str = ""  # the base of absolute URLs (thumbnails); default: the request's own
@@ -37,11 +39,14 @@ class Settings:
 
 @dataclass
 class ServerState:
+    """Built once by `siglip serve` (or a test) and shared by every request: `request.app.state.siglip`."""
+
     model: Model
     indexes: dict[str, ServedIndex]
     settings: Settings
     batcher: Batcher
     metrics: Metrics
+    images_held: int = 0  # decoded or queued images of the requests in flight (event loop only)
 
     @classmethod
     def build(cls, model: Model, indexes: dict[str, ServedIndex], settings: Settings, **batching) -> ServerState:
@@ -84,8 +89,19 @@ class ServerState:
         if positions is None and field.endswith("s"):
             positions = list(range(len(values)))
         names = [f"{field}[{i}]" for i in positions] if positions is not None else [field] * len(values)
-        jobs = [self.batcher.decode(self._prepare, v, name) for v, name in zip(values, names)]
-        return await self._embed("image", list(await asyncio.gather(*jobs)))
+        if len(values) > self.settings.max_images:
+            raise ApiError(
+                400, f"{field}: {len(values)} images, over the limit of {self.settings.max_images} per request"
+            )
+        if self.images_held + len(values) > self.settings.max_images_held:
+            retry = {"Retry-After": str(self.settings.retry_after_s)}
+            raise ApiError(503, f"the server holds {self.images_held} images in flight already; retry", retry)
+        self.images_held += len(values)
+        try:
+            jobs = [self.batcher.decode(self._prepare, v, name) for v, name in zip(values, names)]
+            return await self._embed("image", list(await asyncio.gather(*jobs)))
+        finally:
+            self.images_held -= len(values)
 
     def _prepare(self, value: str, field: str) -> Tensor:
         """One image, in a decode thread: base64 -> PIL (size checked first) -> the model's input."""
