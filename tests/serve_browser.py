@@ -104,11 +104,18 @@ def static_folder(folder: Path, log: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def chromium():
-    """A headless Chromium WebDriver (Debian's chromium + chromium-driver); skips the test without them."""
+def require_chromium() -> None:
+    """Skips the test, saying why, without Debian's chromium + chromium-driver or selenium."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         pytest.skip(f"no {CHROMIUM} / {CHROMEDRIVER}: apt-get install chromium chromium-driver (.ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+    pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+
+
+def chromium():
+    """A headless Chromium WebDriver (Debian's chromium + chromium-driver); skips the test without them."""
+    require_chromium()
+    from selenium import webdriver
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.serve_browser import chromium, serving, static_folder, tiny_model_and_index
+from tests.serve_browser import chromium, require_chromium, serving, static_folder, tiny_model_and_index
 
 pytest.importorskip("fastapi", reason="siglip serve needs the serve extra: pip install 'siglip[serve]'")
 
@@ -50,6 +50,8 @@ def copy_clip_front(tmp_path: Path, back: str) -> Path:
 
 @pytest.fixture(scope="module")
 def served_front(tmp_path_factory, tokenizer):
+    require_chromium()
+    clip_front_build()
     tmp_path = tmp_path_factory.mktemp("clipfront")
     model, index, images = tiny_model_and_index(tmp_path, tokenizer)
     front = copy_clip_front(tmp_path, "")

@@ -69,7 +69,7 @@ def all_loaded(d, n: int) -> bool:
     return len(hits) == n and all(h["loaded"] for h in hits)
 
 
-def test_text_query_shows_the_servers_hits_as_thumbnails(site, browser, tmp_path):
+def test_text_query_shows_the_servers_hits_as_thumbnails(browser, site, tmp_path):
     base, _, _, images = site
     open_page(browser, base + "/")
     assert [o.text for o in by_css(browser, "#index option")] == ["shapes"]
@@ -89,7 +89,7 @@ def test_text_query_shows_the_servers_hits_as_thumbnails(site, browser, tmp_path
     assert (tmp_path / "text-query.png").stat().st_size > 10_000
 
 
-def test_an_uploaded_image_finds_itself_first_and_classifies(site, browser, tmp_path):
+def test_an_uploaded_image_finds_itself_first_and_classifies(browser, site, tmp_path):
     base, _, _, images = site
     open_page(browser, base + "/")
     query, other = images[0], images[len(SHAPES) + 1]  # red circle, and a blue square of another size
@@ -117,7 +117,7 @@ def test_an_uploaded_image_finds_itself_first_and_classifies(site, browser, tmp_
     assert (tmp_path / "classify.png").stat().st_size > 10_000
 
 
-def test_server_errors_are_shown_with_their_message(site, browser):
+def test_server_errors_are_shown_with_their_message(browser, site):
     base = site[0]
     open_page(browser, base + "/")
     error = browser.find_element("id", "error")
@@ -134,7 +134,7 @@ def test_server_errors_are_shown_with_their_message(site, browser):
 
 
 @pytest.mark.slow  # a second server start (~25 s on a busy 2-core machine)
-def test_the_api_key_field_opens_a_keyed_server(site, browser, tmp_path):
+def test_the_api_key_field_opens_a_keyed_server(browser, site, tmp_path):
     _, model, index, _ = site
     args = ["--model", str(model), "--index", f"shapes={index}", "--api-key", "s3cret"]
     with serving(args, tmp_path / "keyed.log") as base:
