@@ -35,6 +35,7 @@ def world(tmp_path_factory, tokenizer):
     w |= {"server": server, "url": server.url, "model_api": siglip.load(w["model"])}
     yield w
     code = server.stop()
+    assert "Traceback" not in (root / "server.log").read_text(), server.output()
     assert code in (0, -signal.SIGTERM), f"exit status {code}:\n{server.output()}"  # uvicorn re-raises SIGTERM
 
 
@@ -189,6 +190,9 @@ def test_page_static_health_metrics_and_cors(world):
     assert httpx.get(world["url"] + "/v2/none", timeout=30).status_code == 404  # counted as route "other"
     page = httpx.get(world["url"] + "/", timeout=30)
     assert page.status_code == 200 and "<html" in page.text.lower()
+    for escape in ("/static/..%2Fapp.py", "/static/%2e%2e/app.py", "/static/..%2F..%2Fapi.py", "/static/../app.py"):
+        r = httpx.get(world["url"] + escape, timeout=30)
+        assert r.status_code == 404 and "create_app" not in r.text, escape
     health = httpx.get(world["url"] + "/health", timeout=30).json()
     assert health["status"] == "ok" and health["indexes"]["photos"] == {"kind": "image", "count": 7}
     metrics = httpx.get(world["url"] + "/metrics", timeout=30)

@@ -11,9 +11,9 @@ import base64
 import json
 import logging
 import signal
+import socket
 import struct
 import sys
-import threading
 import time
 import zlib
 
@@ -38,6 +38,8 @@ def world(tmp_path_factory, tokenizer):
     w |= {"server": server, "url": server.url, "root": root, "rss_start": server.rss_mb()}
     yield w
     server.stop()
+    log = (root / "server.log").read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]  # no request ever raised
 
 
 def b64(path) -> str:
@@ -78,6 +80,8 @@ def test_every_api_route_needs_the_key_but_the_page_and_health_do_not(world):
     assert httpx.get(url + "/indices-list", headers=AUTH, timeout=30).json() == ["photos", "texts"]
     for path in ("/", "/health"):
         assert httpx.get(url + path, timeout=30).status_code == 200
+    assert httpx.get(url + "/health", timeout=30).json() == {"status": "ok"}  # no index names without the key
+    assert httpx.get(url + "/health", headers=AUTH, timeout=30).json()["indexes"]["photos"]["count"] == 7
 
 
 def test_no_cors_without_the_flag(world):
@@ -219,6 +223,16 @@ def test_a_50_mb_body_gets_413_declared_or_chunked(world):
     assert world["server"].rss_mb() < world["rss_start"] + 300
 
 
+def test_a_client_gone_mid_body_is_not_a_server_error(world):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", world["server"].port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                         "Content-Length: 1000\r\n\r\n{\"text\": ".encode())  # fmt: skip
+    time.sleep(0.5)
+    metrics = httpx.get(world["url"] + "/metrics", headers=AUTH, timeout=30).text
+    assert 'status="500"' not in metrics and world["server"].healthy()
+
+
 def test_200_concurrent_requests_get_answers_or_503_and_memory_stays_bounded(world):
     image = "data:image/png;base64," + b64(world["images"][1])
 
@@ -242,30 +256,33 @@ def test_200_concurrent_requests_get_answers_or_503_and_memory_stays_bounded(wor
     assert world["server"].rss_mb() < world["rss_start"] + 300, (world["rss_start"], world["server"].rss_mb())
 
 
+VALID = {  # one good body per POST route; every field of it is then swapped for each odd value
+    "/v1/search": {"index": "photos", "text": "a cat", "k": 3},
+    "/v1/classify": {"images": ["IMAGE"], "labels": ["a cat", "a dog"], "templates": ["a {}"]},
+    "/v1/score": {"images": ["IMAGE"], "texts": ["a cat"], "pairs": True},
+    "/v1/embeddings": {"model": "m", "input": ["a cat"], "encoding_format": "float"},
+    "/knn-service": {"text": "a cat", "indice_name": "photos", "modality": "image", "num_images": 2},
+    "/metadata": {"ids": [0, 1], "indice_name": "photos"},
+}
+ODD = [None, 0, -1, 2**70, 1.5, float("nan"), True, "", "x", [], [None], [1.5], ["x"] * 3, {}, {"a": 1}]
+
+
+def test_every_field_swapped_for_odd_values_never_gives_a_5xx(world):
+    image = b64(world["images"][0])
+    with httpx.Client(base_url=world["url"], headers=AUTH, timeout=60) as client:
+        for path, good in VALID.items():
+            good = json.loads(json.dumps(good).replace('"IMAGE"', json.dumps(image)))
+            assert client.post(path, json=good).status_code == 200, path
+            for key in good:
+                for odd in ODD:
+                    r = client.post(path, content=json.dumps({**good, key: odd}))
+                    assert r.status_code < 500 and (r.status_code == 200 or key in r.json()["error"]["message"]), (
+                        path, key, odd, r.status_code, r.text[:300])  # fmt: skip
+    assert world["server"].healthy()
+
+
 # --------------------------------------------------------------------------------------------------
 # SIGTERM drains; the command's refusals at start
-
-
-def test_sigterm_finishes_the_request_in_flight_then_exits(world):
-    """--max-wait-ms 3000 keeps a lone request in the queue for 3 s; SIGTERM arrives meanwhile."""
-    server = Server(["--model", str(world["model"]), "--max-wait-ms", "3000"], world["root"] / "drain.log")
-    out = {}
-    thread = threading.Thread(
-        target=lambda: out.update(r=httpx.post(server.url + "/v1/embeddings", json={"input": ["a cat"]}, timeout=60))
-    )
-    thread.start()
-    time.sleep(1.0)
-    queued = httpx.get(server.url + "/metrics", timeout=10).text
-    assert "siglip_queue_depth 1" in queued, queued[-400:]
-    server.proc.send_signal(signal.SIGTERM)
-    thread.join(30)
-    assert out["r"].status_code == 200, out["r"].text
-    want = siglip.load(world["model"]).embed_texts(["a cat"])[0]
-    torch.testing.assert_close(torch.tensor(out["r"].json()["data"][0]["embedding"]), want, atol=1e-3, rtol=0)
-    assert server.proc.wait(30) in (0, -signal.SIGTERM)
-    with pytest.raises(httpx.TransportError):
-        httpx.get(server.url + "/health", timeout=5)
-    server.stop()
 
 
 def test_an_index_of_other_weights_is_refused_at_start(world, tokenizer, tmp_path, capsys):
@@ -304,26 +321,25 @@ def test_without_fastapi_the_error_names_the_extra(world, monkeypatch, capsys):
     assert "pip install 'siglip[serve]'" in capsys.readouterr().err
 
 
-VALID = {  # one good body per POST route; every field of it is then swapped for each odd value
-    "/v1/search": {"index": "photos", "text": "a cat", "k": 3},
-    "/v1/classify": {"images": ["IMAGE"], "labels": ["a cat", "a dog"], "templates": ["a {}"]},
-    "/v1/score": {"images": ["IMAGE"], "texts": ["a cat"], "pairs": True},
-    "/v1/embeddings": {"model": "m", "input": ["a cat"], "encoding_format": "float"},
-    "/knn-service": {"text": "a cat", "indice_name": "photos", "modality": "image", "num_images": 2},
-    "/metadata": {"ids": [0, 1], "indice_name": "photos"},
-}
-ODD = [None, 0, -1, 2**70, 1.5, float("nan"), True, "", "x", [], [None], [1.5], ["x"] * 3, {}, {"a": 1}]
-
-
-def test_every_field_swapped_for_odd_values_never_gives_a_5xx(world):
-    image = b64(world["images"][0])
-    with httpx.Client(base_url=world["url"], headers=AUTH, timeout=60) as client:
-        for path, good in VALID.items():
-            good = json.loads(json.dumps(good).replace('"IMAGE"', json.dumps(image)))
-            assert client.post(path, json=good).status_code == 200, path
-            for key in good:
-                for odd in ODD:
-                    r = client.post(path, content=json.dumps({**good, key: odd}))
-                    assert r.status_code < 500 and (r.status_code == 200 or key in r.json()["error"]["message"]), (
-                        path, key, odd, r.status_code, r.text[:300])  # fmt: skip
-    assert world["server"].healthy()
+def test_sigterm_finishes_the_request_in_flight_then_exits(world):
+    """Last of the module: SIGTERM arrives while a request's body is still coming; the server stops
+    listening, reads the rest, embeds it through the batching queue, answers 200, then exits."""
+    server, body = world["server"], json.dumps({"input": ["a cat"]}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    sock.sendall(head.encode() + body[:5])
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    with pytest.raises(httpx.TransportError):  # no new connections while it drains
+        httpx.get(server.url + "/health", timeout=5)
+    sock.sendall(body[5:])
+    answer = b""
+    while chunk := sock.recv(65536):  # the server closes the connection after answering
+        answer += chunk
+    status, _, payload = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), answer[:300]
+    want = siglip.load(world["model"]).embed_texts(["a cat"])[0]
+    torch.testing.assert_close(torch.tensor(json.loads(payload)["data"][0]["embedding"]), want, atol=1e-3, rtol=0)
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)

@@ -46,7 +46,12 @@ router = APIRouter(dependencies=[Depends(require_key)])
 
 @open_router.get("/health")
 async def health(request: Request) -> dict:
+    """Open to all (load balancers ask it); what is served is told only with the key, when there is one."""
     s = state_of(request)
+    try:
+        check_bearer(request, s.settings.api_key)
+    except ApiError:
+        return {"status": "ok"}
     indexes = {name: {"kind": ix.kind, "count": ix.count} for name, ix in s.indexes.items()}
     return {"status": "ok", "model": s.model_name, "dim": s.model.dim, "indexes": indexes, "queue": s.batcher.depth}
 

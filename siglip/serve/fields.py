@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from siglip.serve.limits import ApiError
 
@@ -22,7 +23,10 @@ BIG = 1 << 20  # bytes of JSON parsed or written in a worker thread rather than 
 
 async def read_json(request: Request) -> dict:
     """The body as a JSON object; 400 for an empty body, malformed JSON or a non-object."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect as e:  # gone mid-body: nobody reads this answer, but it is not our fault (no 500)
+        raise ApiError(400, "request body: the client disconnected before sending all of it") from e
     if not raw.strip():
         raise ApiError(400, "request body: empty; expected a JSON object")
     try:

@@ -13,6 +13,7 @@ model's text length) and an image's patches. Token-id arrays are refused (the to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import torch
@@ -68,20 +69,27 @@ async def embeddings(request: Request) -> Response:
         if not img:
             fields.check_chars(v, f"input[{i}]", fields.MAX_TEXT_CHARS)
     texts = [v for v, img in zip(inputs, is_image) if not img]
-    images = [v for v, img in zip(inputs, is_image) if img]
-    ztxt = await s.embed_texts(texts) if texts else torch.zeros(0, s.model.dim)
-    zimg = (
-        await s.embed_images(images, "input", [i for i, img in enumerate(is_image) if img])
-        if images
-        else torch.zeros(0, s.model.dim)
-    )
-    rows, ti, ii = [], iter(ztxt), iter(zimg)
-    for img in is_image:
-        rows.append(next(ii) if img else next(ti))
+    rows = await embed_mixed(s, inputs, is_image)
     data = [{"object": "embedding", "index": i, "embedding": encode(r, encoding)} for i, r in enumerate(rows)]
-    tokens = await run_in_threadpool(usage_tokens, s, texts, len(images))  # tokenising: off the event loop
+    tokens = await run_in_threadpool(usage_tokens, s, texts, sum(is_image))  # tokenising: off the event loop
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return await fields.json_response({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+async def embed_mixed(s: ServerState, inputs: list[str], is_image: list[bool]) -> list[torch.Tensor]:
+    """Texts and images of one request, each through its own queue at the same time: rows in input order."""
+    texts = [v for v, img in zip(inputs, is_image) if not img]
+    images = [(i, v) for i, (v, img) in enumerate(zip(inputs, is_image)) if img]
+
+    async def nothing() -> torch.Tensor:
+        return torch.zeros(0, s.model.dim)
+
+    ztxt, zimg = await asyncio.gather(
+        s.embed_texts(texts) if texts else nothing(),
+        s.embed_images([v for _, v in images], "input", [i for i, _ in images]) if images else nothing(),
+    )
+    ti, ii = iter(ztxt), iter(zimg)
+    return [next(ii) if img else next(ti) for img in is_image]
 
 
 def encode(row: torch.Tensor, encoding: str) -> list[float] | str:
