@@ -80,12 +80,14 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 @contextlib.contextmanager
 def serving(args: list[str], log: Path) -> Iterator[str]:
-    """`siglip serve ARGS` (tests/serve_helpers.Server) until the block ends; yields its base URL."""
+    """`siglip serve ARGS` (tests/serve_helpers.Server) until the block ends; yields its base URL.
+    Afterwards its log must hold no traceback: no request the browser made raised in the server."""
     server = Server(args, log)
     try:
         yield server.url
     finally:
         server.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
 
 
 @contextlib.contextmanager
