@@ -15,8 +15,16 @@ from siglip.checkpoint import Payload, tokenizer_from_payload
 from siglip.config import ModelConfig, TowerConfig, model_config_from_dict
 from siglip.interop.rules import Rule, apply_rules, torch_modules, unapply_rules
 from siglip.interop.siglip2 import hf_max_num_patches, tokenizer_kind
-from siglip.interop.tensors import IGNORED, find_tokenizer, heads_for, make_payload, model_shapes, read_tensors
-from siglip.tokenizer import Tokenizer
+from siglip.interop.tensors import (
+    IGNORED,
+    TokenizerFile,
+    find_tokenizer,
+    heads_for,
+    make_payload,
+    model_shapes,
+    read_tensors,
+)
+from siglip.tokenizer import TOKENIZER_JSON, Tokenizer
 
 # Our module -> theirs inside one encoder block.
 HF_BLOCK = {
@@ -214,12 +222,12 @@ def read_hf(path: Path, tokenizer: str | Path | None = None, require_tokenizer: 
         cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
     rules = hf_rules(cfg, towers)
     sd = apply_rules(rules, state, model_shapes(cfg), str(weights))
-    proto = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else b""
+    tok = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else TokenizerFile()
     partial = "" if len(towers) == 2 else towers[0]
     resample = _hf_resample(folder, 0, 2) if cfg.naflex else _hf_resample(folder, cfg.image_size)
-    kind = tokenizer_kind(folder, proto)
+    kind = tokenizer_kind(folder, tok)
     max_patches = hf_max_num_patches(folder) if cfg.naflex else 0
-    return make_payload(cfg, sd, proto, resample, partial, kind, max_patches)
+    return make_payload(cfg, sd, tok, resample, partial, kind, max_patches)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,6 +301,8 @@ def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
         tok_cfg = {"tokenizer_class": "SiglipTokenizer", "model_max_length": tok.length, "do_lower_case": True}
         tok_cfg.update(special)
         name = "spiece.model"
+    if tok.fmt == TOKENIZER_JSON:  # read from a tokenizer.json-only folder: no SentencePiece model to write
+        name = "tokenizer.json"
     return {
         name: tok.proto,
         "tokenizer_config.json": json.dumps(tok_cfg, indent=2).encode(),
