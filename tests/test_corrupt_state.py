@@ -23,8 +23,8 @@ from siglip.checkpoint import (
     verify_file,
 )
 from siglip.interop.tensors import read_tensors
-from siglip.zipcheck import check_zip_crcs
 from siglip.model import SigLIP
+from siglip.zipcheck import check_zip_crcs
 
 
 @pytest.fixture
