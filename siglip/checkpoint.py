@@ -40,7 +40,7 @@ import torch
 from siglip.config import ModelConfig
 from siglip.model import SigLIP
 from siglip.tokenizer import SENTENCEPIECE, Tokenizer
-from siglip.zipcheck import check_zip_crcs
+from siglip.zipcheck import load_checked
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +149,14 @@ def verify_digest(path: str | Path) -> bool:
     return True
 
 
-def verify_file(path: str | Path) -> str:
-    """Check a torch file before it is loaded: against `<path>.sha256` when there is one, else the
-    CRC-32 of every record of its zip container (so a copy without the sidecar still names a
-    flipped bit). Returns what was checked: "sha256", "crc32", or "" (a pre-1.6 torch file with
-    neither). Raises ValueError `<path>: corrupt: ...`."""
+def load_verified(path: str | Path) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)` of a file that checks out: against
+    `<path>.sha256` when there is one, else against the CRC-32 its zip container holds for every
+    record (`siglip.zipcheck.load_checked`: checked as it is read), so a copy without the sidecar
+    still names a flipped bit. Raises ValueError `<path>: corrupt: ...`."""
     if verify_digest(path):
-        return "sha256"
-    return "crc32" if check_zip_crcs(path) else ""
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checked(path)
 
 
 def model_payload(
@@ -205,10 +205,11 @@ def read_checkpoint(path: str | Path) -> Payload:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a siglip model file (.pt)")
-    verify_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_verified(path)
     except Exception as e:
+        if ": corrupt: " in str(e):  # named by the check, with the record or digest
+            raise
         raise ValueError(f"{path}: not a checkpoint this toolkit can read safely ({type(e).__name__}: {e})") from e
     return check_payload(obj, path)
 

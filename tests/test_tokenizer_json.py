@@ -15,7 +15,9 @@ import siglip
 from siglip.interop.siglip2 import tokenizer_kind
 from siglip.interop.tensors import find_tokenizer
 from siglip.tokenizer import TOKENIZER_JSON, Tokenizer, canonicalize
+from siglip.tokenizer_json import sentencepiece_to_json
 from tests.conftest import CAPTIONS
+from tests.siglip2_helpers import gemma_proto
 from tests.test_siglip2_interop import L, export, hf_siglip_gemma
 
 transformers = pytest.importorskip("transformers")
@@ -139,3 +141,28 @@ def test_tokenizer_json_errors_name_the_file(tmp_path):
         Tokenizer.from_file(bad, 8)
     with pytest.raises(FileNotFoundError, match=r"no tokenizer found \(looked for spiece\.model, .*tokenizer\.json"):
         find_tokenizer((tmp_path / "empty").mkdir() or tmp_path / "empty", None)
+
+
+@pytest.mark.parametrize("kind", ["gemma", "siglip"])
+def test_sentencepiece_converts_to_tokenizer_json_with_the_same_ids(kind, tokenizer):
+    """What `--to hf` writes beside spiece.model / tokenizer.model: Gemma's BPE (merges ranked by
+    piece score, byte fallback) and SigLIP 1's Unigram (the model's own normalizer) give the same ids."""
+    proto = gemma_proto() if kind == "gemma" else tokenizer.proto
+    spm_tok = Tokenizer(proto, L, kind)
+    json_tok = Tokenizer(sentencepiece_to_json(proto, kind), L, kind, TOKENIZER_JSON)
+    texts = TEXTS + [" leading space", "Two green triangles!", "handwritten number seven 12345"]
+    assert torch.equal(json_tok(texts), spm_tok(texts))
+    # decoding agrees too, but for unknown pieces (spm writes " ⁇ ", tokenizers "<unk>")
+    assert [json_tok.decode(i) for i in json_tok(texts[:2])] == [spm_tok.decode(i) for i in spm_tok(texts[:2])]
+
+
+def test_export_writes_tokenizer_json_beside_the_sentencepiece_model(tmp_path):
+    """`--to hf` of a SigLIP 2 model read with tokenizer.model: both files; the tokenizer.json alone
+    (as transformers 5 would save the folder again) gives the same ids in siglip and transformers."""
+    hf_siglip_gemma(tmp_path / "spm")
+    export(tmp_path / "spm", tmp_path / "export")
+    assert (tmp_path / "export/tokenizer.model").is_file() and (tmp_path / "export/tokenizer.json").is_file()
+    (tmp_path / "export/tokenizer.model").unlink()
+    a, b = siglip.load(tmp_path / "spm"), siglip.load(tmp_path / "export")
+    assert b.tokenizer.fmt == TOKENIZER_JSON and torch.equal(a.tokenizer(TEXTS), b.tokenizer(TEXTS))
+    assert transformers_ids(tmp_path / "export", [t.lower() for t in TEXTS]) == a.tokenizer(TEXTS).tolist()

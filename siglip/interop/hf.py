@@ -5,6 +5,7 @@ or one tower) in, and our model out as a folder that transformers reads back (`S
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from siglip.interop.tensors import (
     read_tensors,
 )
 from siglip.tokenizer import TOKENIZER_JSON, Tokenizer
+from siglip.tokenizer_json import sentencepiece_to_json
 
 # Our module -> theirs inside one encoder block.
 HF_BLOCK = {
@@ -78,6 +80,7 @@ ACT = {"tanh": "gelu_pytorch_tanh", "exact": "gelu"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 MODEL_TYPES = {"siglip": "SiglipModel (fixed resolution)", "siglip2": "Siglip2Model (NaFlex)"}
 TOWER_TYPES = ("siglip_vision_model", "siglip_text_model")
+log = logging.getLogger(__name__)
 
 
 def _hf_gelu(acts: set[str], where: str) -> str:
@@ -286,7 +289,9 @@ def hf_config_json(cfg: ModelConfig) -> dict:
 
 def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
     """spiece.model + SiglipTokenizer configs (SigLIP pads with EOS), or for the Gemma kind
-    tokenizer.model + a GemmaTokenizer config padding on the right (transformers' default is left)."""
+    tokenizer.model + a GemmaTokenizer config padding on the right (transformers' default is left);
+    both with the same vocabulary as tokenizer.json (where `tokenizers` is installed). A tokenizer
+    read from a tokenizer.json-only folder is written back as tokenizer.json alone."""
     piece = tok.sp.id_to_piece
     if tok.kind == "gemma":
         special = {"eos_token": piece(tok.eos_id), "pad_token": piece(tok.pad_id), "unk_token": piece(tok.sp.unk_id())}
@@ -301,13 +306,17 @@ def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
         tok_cfg = {"tokenizer_class": "SiglipTokenizer", "model_max_length": tok.length, "do_lower_case": True}
         tok_cfg.update(special)
         name = "spiece.model"
-    if tok.fmt == TOKENIZER_JSON:  # read from a tokenizer.json-only folder: no SentencePiece model to write
-        name = "tokenizer.json"
-    return {
-        name: tok.proto,
+    files = {
         "tokenizer_config.json": json.dumps(tok_cfg, indent=2).encode(),
         "special_tokens_map.json": json.dumps(special).encode(),
     }
+    if tok.fmt == TOKENIZER_JSON:  # read from a tokenizer.json-only folder: no SentencePiece model to write
+        return {"tokenizer.json": tok.proto, **files}
+    try:  # transformers 5 reads tokenizer.json first; SigLIP 2 classes need it
+        files["tokenizer.json"] = sentencepiece_to_json(tok.proto, tok.kind)
+    except ImportError as e:
+        log.warning("not writing tokenizer.json (%s); %s is written", e, name)
+    return {name: tok.proto, **files}
 
 
 def hf_preprocessor_json(cfg: ModelConfig, preprocess: dict) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from siglip.checkpoint import FORMAT, VERSION, Payload, preprocess_dict, tokenizer_entry, verify_file
+from siglip.checkpoint import FORMAT, VERSION, Payload, load_verified, preprocess_dict, tokenizer_entry
 from siglip.config import SIZES, ModelConfig
 from siglip.model import SigLIP
 from siglip.tokenizer import SENTENCEPIECE, TOKENIZER_JSON
@@ -32,7 +32,7 @@ def is_npz(path: Path) -> bool:
 
 def read_tensors(path: Path) -> dict[str, Tensor]:
     """Name -> tensor from .safetensors, a torch file (weights_only; checked first, see
-    `siglip.checkpoint.verify_file`) or an .npz (no pickles)."""
+    `siglip.checkpoint.load_verified`) or an .npz (no pickles)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -40,10 +40,11 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     if is_npz(path):
         with np.load(path, allow_pickle=False) as z:
             return {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
-    verify_file(path)  # the .sha256 beside it, else the zip's CRC-32s: a flipped bit is named, not loaded
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # checked against the .sha256 beside it, else the zip's CRC-32s: a flipped bit is named, not loaded
+        obj = load_verified(path)
     except Exception as e:
+        if ": corrupt: " in str(e):  # named by the check, with the record or digest
+            raise
         raise ValueError(f"{path}: not a file this toolkit can read safely ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj
