@@ -49,6 +49,48 @@ def build(path: Path, variant: str) -> None:
     atomic_save(model_payload(model, tok, "bicubic", state_dict=sd), path)
 
 
+def methods_for(path: Path) -> dict:
+    """name -> a call that loads or checks `path` once (the sidecar removed or put back as needed)."""
+    import siglip
+
+    side = digest_path(path)
+    if not side.is_file():
+        raise SystemExit(f"{side} is missing: delete {path} to build it again")
+    digest = side.read_text()
+
+    def sha256() -> None:
+        side.write_text(digest)
+        verify_digest(path)
+
+    def siglip_load() -> None:
+        side.unlink(missing_ok=True)  # a copy without its sidecar: the CRC check runs
+        siglip.load(path)
+        side.write_text(digest)
+
+    return {
+        "torch.load": lambda: torch.load(path, map_location="cpu", weights_only=True),
+        "load_checked": lambda: load_checked(path),
+        "load_checked (zlib)": lambda: load_checked(path, zlib.crc32),
+        "CRC check alone": lambda: check_zip_crcs(path),
+        "sha256 sidecar": sha256,
+        "siglip.load": siglip_load,
+    }
+
+
+def medians(methods: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per method over `repeats` rounds after a warm-up round; the order rotates."""
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(methods)
+    for r in range(repeats + 1):
+        print(f"round {r}/{repeats}{' (warm-up)' if r == 0 else ''}", file=sys.stderr, flush=True)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            methods[name]()
+            if r:
+                times[name].append(time.perf_counter() - t)
+    return {m: statistics.median(ts) for m, ts in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="B/16")
@@ -57,79 +99,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the model file for the next run")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = p.parse_args(argv)
-    import siglip
-
     path = Path(args.dir) / f"siglip_{args.variant.replace('/', '')}.pt"
     if not path.is_file():
         print(f"writing {path} ({args.variant}, random weights) ...", file=sys.stderr, flush=True)
         build(path, args.variant)
-    side = digest_path(path)
-    if not side.is_file():
-        raise SystemExit(f"{side} is missing: delete {path} to build it again")
-    digest = side.read_text()
-
-    def no_sidecar(fn):
-        def run():
-            side.unlink(missing_ok=True)
-            fn()
-
-        return run
-
-    def sha256() -> None:
-        side.write_text(digest)
-        verify_digest(path)
-
-    methods = {
-        "torch.load": lambda: torch.load(path, map_location="cpu", weights_only=True),
-        "load_checked": lambda: load_checked(path),
-        "load_checked (zlib)": lambda: load_checked(path, zlib.crc32),
-        "CRC check alone": lambda: check_zip_crcs(path),
-        "sha256 sidecar": sha256,
-        "siglip.load": no_sidecar(lambda: siglip.load(path)),
-    }
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    names = list(methods)
-    for r in range(args.repeats + 1):
-        print(f"round {r}/{args.repeats}{' (warm-up)' if r == 0 else ''}", file=sys.stderr, flush=True)
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t = time.perf_counter()
-            methods[name]()
-            if r:
-                times[name].append(time.perf_counter() - t)
-    side.write_text(digest)
-    med = {m: statistics.median(ts) for m, ts in times.items()}
-    load = med["torch.load"]
-    share = lambda m: round(med[m] / load - 1, 4)
-    size = path.stat().st_size
-    if not args.keep:
-        path.unlink()
-        side.unlink(missing_ok=True)
+    med = medians(methods_for(path), args.repeats)
+    load, crc = med["torch.load"], med["CRC check alone"]
     out = {
-        "file_mb": round(size / 1e6),
+        "file_mb": round(path.stat().st_size / 1e6),
         "variant": args.variant,
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
         "crc_impl": "isal" if FAST_CRC32 else "zlib",
         "median_s": {m: round(v, 4) for m, v in med.items()},
-        "load_checked_over_torch_load": share("load_checked"),
-        "load_checked_zlib_over_torch_load": share("load_checked (zlib)"),
-        "crc_share_of_torch_load": round(med["CRC check alone"] / load, 4),
+        "load_checked_over_torch_load": round(med["load_checked"] / load - 1, 4),
+        "load_checked_zlib_over_torch_load": round(med["load_checked (zlib)"] / load - 1, 4),
+        "crc_share_of_torch_load": round(crc / load, 4),
+        "crc_share_of_siglip_load_without_it": round(crc / (med["siglip.load"] - crc), 4),
         "sha256_share_of_torch_load": round(med["sha256 sidecar"] / load, 4),
     }
+    if not args.keep:
+        path.unlink()
+        digest_path(path).unlink(missing_ok=True)
     if args.json:
         print(json.dumps(out))
         return
-    print(
-        f"{args.variant} model file {out['file_mb']} MB, {args.repeats} rounds (+1 warm-up), "
-        f"{out['cpus']} CPUs, CRC: {out['crc_impl']}"
-    )
+    print(f"{args.variant} model file {out['file_mb']} MB, {args.repeats} rounds (+1 warm-up), {out['cpus']} CPUs")
     for m, v in med.items():
         print(f"{m:<24} median {v:7.3f} s")
+    pct = lambda k: f"{100 * out[k]:.1f}%"
     print(
-        f"load_checked = torch.load +{100 * out['load_checked_over_torch_load']:.1f}% ({out['crc_impl']}), "
-        f"+{100 * out['load_checked_zlib_over_torch_load']:.1f}% (zlib); the CRC check alone = "
-        f"{100 * out['crc_share_of_torch_load']:.1f}%, the sha256 sidecar = "
-        f"{100 * out['sha256_share_of_torch_load']:.0f}% of torch.load"
+        f"load_checked = torch.load +{pct('load_checked_over_torch_load')} ({out['crc_impl']} CRC), "
+        f"+{pct('load_checked_zlib_over_torch_load')} (zlib CRC); the check alone = "
+        f"{pct('crc_share_of_torch_load')} of torch.load, {pct('crc_share_of_siglip_load_without_it')} of "
+        f"siglip.load without it; the sha256 sidecar = {pct('sha256_share_of_torch_load')} of torch.load"
     )
 
 

@@ -15,7 +15,7 @@ from siglip.model import SigLIP, resize_pos_embed
 
 
 def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
-    """Any supported checkpoint -> our payload dict. `tokenizer`: a SentencePiece model for formats
+    """Any supported checkpoint -> our payload dict. `tokenizer`: a SentencePiece model or tokenizer.json for formats
     that do not carry one beside the weights; `require_tokenizer=False`: none found is not an error
     (the payload's tokenizer proto is then empty: image-only use, see `siglip.load`)."""
     path = Path(path)
