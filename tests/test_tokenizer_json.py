@@ -127,6 +127,27 @@ def test_siglip1_unigram_tokenizer_json_folder(tmp_path, tokenizer):
         assert got[:n] == want[:n]
 
 
+def test_siglip1_tokenizer_json_model_saves_and_exports(tmp_path, tokenizer, tiny_config):
+    """A SigLIP 1 model whose tokenizer is a tokenizer.json: our model file keeps it, and --to hf
+    writes it with a config transformers 5 reads (T5Tokenizer: SiglipTokenizer reads spiece.model only)."""
+    from siglip.checkpoint import save_model
+    from siglip.model import SigLIP
+
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm/spiece.model").write_bytes(tokenizer.proto)
+    transformers.T5Tokenizer.from_pretrained(tmp_path / "spm", extra_ids=0).save_pretrained(tmp_path / "json")
+    json_tok = ours_from(tmp_path / "json", tokenizer.length)
+    save_model(tmp_path / "m.pt", SigLIP(tiny_config), json_tok)
+    model = siglip.load(tmp_path / "m.pt")
+    assert model.tokenizer.fmt == TOKENIZER_JSON and torch.equal(model.tokenizer(TEXTS), tokenizer(TEXTS))
+    export(tmp_path / "m.pt", tmp_path / "export")
+    assert not list((tmp_path / "export").glob("*.model"))
+    texts = [canonicalize(t) for t in TEXTS]
+    for got, want in zip(tokenizer(texts).tolist(), transformers_ids(tmp_path / "export", texts, tokenizer.length)):
+        n = want.index(tokenizer.eos_id) + 1
+        assert got[:n] == want[:n]
+
+
 def test_tokenizer_json_needs_the_extra(tmp_path, monkeypatch):
     folder = gemma_bpe_folder(tmp_path / "tok")
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if not installed

@@ -311,6 +311,9 @@ def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
         "special_tokens_map.json": json.dumps(special).encode(),
     }
     if tok.fmt == TOKENIZER_JSON:  # read from a tokenizer.json-only folder: no SentencePiece model to write
+        if tok.kind == "siglip":  # transformers 5's SiglipTokenizer reads spiece.model only; T5's reads the json
+            tok_cfg.update(tokenizer_class="T5Tokenizer", extra_ids=0)
+            files["tokenizer_config.json"] = json.dumps(tok_cfg, indent=2).encode()
         return {"tokenizer.json": tok.proto, **files}
     try:  # transformers 5 reads tokenizer.json first; SigLIP 2 classes need it
         files["tokenizer.json"] = sentencepiece_to_json(tok.proto, tok.kind)
