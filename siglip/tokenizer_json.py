@@ -12,13 +12,15 @@ Special tokens are found by name: the folder's `tokenizer_config.json` names the
 `pad_token`, `bos_token`, `unk_token`); without one, the kind's usual names (Gemma: `<eos>`, `<pad>`,
 `<bos>`, `<unk>`; SigLIP 1: `</s>`, `<pad>`, `<unk>`).
 
+`sentencepiece_to_json` goes the other way: a SentencePiece model (Unigram, or BPE with byte
+fallback) as a tokenizer.json giving the same ids, which `--to hf` writes beside it.
+
 `tokenizers` is an optional dependency (`pip install 'siglip[tokenizers]'`; transformers installs it
 too): it comes with the Hugging Face Hub client, which the offline core does not need.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 EXTRA = "pip install 'siglip[tokenizers]'"
@@ -93,11 +95,6 @@ class JsonPieces:
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tok.decode(ids, skip_special_tokens=False))
-
-
-def read_config_specials(text: str) -> dict[str, str]:
-    """`special_names` of a tokenizer_config.json's text."""
-    return special_names(json.loads(text))
 
 
 # --------------------------------------------------------------------------------------------------
