@@ -86,6 +86,11 @@ def test_gemma_tokenizer_json_folder_gives_transformers_ids(tmp_path):
     assert ours.decode(ours(["Über café"])[0]) == "über café"
     clone = pickle.loads(pickle.dumps(ours))
     assert clone.fmt == TOKENIZER_JSON and torch.equal(clone(TEXTS), ids)
+    # saved again as transformers' Siglip2Tokenizer (a Lowercase normalizer in its tokenizer.json)
+    s2 = transformers.Siglip2Tokenizer.from_pretrained(folder)
+    s2.save_pretrained(tmp_path / "s2")
+    assert torch.equal(ours_from(tmp_path / "s2")(TEXTS), ids)
+    assert transformers_ids(tmp_path / "s2", TEXTS) == ids.tolist()
 
 
 def test_gemma_tokenizer_json_embeds_as_the_sentencepiece_folder(tmp_path):
