@@ -3,8 +3,10 @@
 Our model file (`siglip_<name>.pt`) is a plain dict that `torch.load(..., weights_only=True)` reads:
     format: "siglip", version: 1,
     model_config: ModelConfig as a dict, state_dict: the model's tensors,
-    tokenizer: {"proto": uint8 tensor of the SentencePiece model, "length": int,
-                "kind": "siglip" | "gemma" (absent = siglip; see siglip.tokenizer)},
+    tokenizer: {"proto": uint8 tensor of the tokenizer file, "length": int,
+                "kind": "siglip" | "gemma" (absent = siglip; see siglip.tokenizer),
+                "format": "tokenizer.json" and "specials": {"eos_token": ..., ...} for a Hugging
+                Face tokenizer.json (absent = a SentencePiece model)},
     preprocess: {"image_size": int, "resample": str, "max_num_patches": int (NaFlex models only)}
 A resumable training checkpoint is the same dict plus optimizer/scheduler state, step and RNG state,
 so it loads as a model too. `siglip.interop` builds the same dict from Hugging Face, open_clip and
@@ -12,8 +14,10 @@ big_vision checkpoints; one made from a standalone tower file also has partial: 
 (its state_dict holds only that tower).
 
 Integrity: every file written here gets a `<file>.sha256` beside it (sha256sum's format, so
-`sha256sum -c checkpoint.pt.sha256` checks it too); `read_checkpoint` verifies it when present, so a
-truncated or bit-flipped file is named as corrupt instead of loading wrong numbers. Training keeps the
+`sha256sum -c checkpoint.pt.sha256` checks it too); `read_checkpoint` verifies it when present, and
+otherwise the CRC-32 that the zip container holds for every record (`siglip.zipcheck`), so a
+truncated or bit-flipped file is named as corrupt instead of loading wrong numbers, also when it was
+copied without its sidecar. Training keeps the
 last N checkpoints as `checkpoint-<step>.pt` with `checkpoint.pt` a hard link to the newest;
 `read_resumable` takes the newest one that verifies (see docs/reliability.md).
 """
@@ -35,7 +39,8 @@ import torch
 
 from siglip.config import ModelConfig
 from siglip.model import SigLIP
-from siglip.tokenizer import Tokenizer
+from siglip.tokenizer import SENTENCEPIECE, Tokenizer
+from siglip.zipcheck import load_checked
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,9 @@ class Payload(TypedDict, total=False):
     version: int  # VERSION
     model_config: dict  # ModelConfig as a dict (`siglip.config.model_config_from_dict` reads it back)
     state_dict: dict[str, torch.Tensor]  # our parameter names
-    tokenizer: dict  # {"proto": uint8 tensor of the SentencePiece model (may be empty), "length": int,
-    #                   "kind": "siglip" | "gemma" (absent = siglip)}
+    tokenizer: dict  # {"proto": uint8 tensor of the tokenizer file (may be empty), "length": int,
+    #                   "kind": "siglip" | "gemma" (absent = siglip), and for a tokenizer.json:
+    #                   "format": "tokenizer.json", "specials": {"eos_token": str, ...}}
     preprocess: dict  # {"image_size": int, "resample": "bicubic" | "bilinear" | "nearest",
     #                    "max_num_patches": int (NaFlex models only)}
     partial: str  # "image" or "text": a standalone tower, the other one absent from state_dict
@@ -143,6 +149,16 @@ def verify_digest(path: str | Path) -> bool:
     return True
 
 
+def load_verified(path: str | Path) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)` of a file that checks out: against
+    `<path>.sha256` when there is one, else against the CRC-32 its zip container holds for every
+    record (`siglip.zipcheck.load_checked`: checked as it is read), so a copy without the sidecar
+    still names a flipped bit. Raises ValueError `<path>: corrupt: ...`."""
+    if verify_digest(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checked(path)
+
+
 def model_payload(
     model: SigLIP, tokenizer: Tokenizer, resample: str, state_dict: dict | None = None, max_num_patches: int = 0
 ) -> Payload:
@@ -156,11 +172,9 @@ def model_payload(
         "version": VERSION,
         "model_config": dataclasses.asdict(model.config),
         "state_dict": state_dict,
-        "tokenizer": {
-            "proto": torch.frombuffer(bytearray(tokenizer.proto), dtype=torch.uint8),
-            "length": tokenizer.length,
-            "kind": tokenizer.kind,
-        },
+        "tokenizer": tokenizer_entry(
+            tokenizer.proto, tokenizer.length, tokenizer.kind, tokenizer.fmt, tokenizer.specials
+        ),
         "preprocess": preprocess_dict(model.config, resample, max_num_patches),
     }
 
@@ -191,10 +205,11 @@ def read_checkpoint(path: str | Path) -> Payload:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a siglip model file (.pt)")
-    verify_digest(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_verified(path)
     except Exception as e:
+        if ": corrupt: " in str(e):  # named by the check, with the record or digest
+            raise
         raise ValueError(f"{path}: not a checkpoint this toolkit can read safely ({type(e).__name__}: {e})") from e
     return check_payload(obj, path)
 
@@ -212,9 +227,25 @@ def check_payload(obj: Any, path: str | Path) -> Payload:
     return obj
 
 
+def tokenizer_entry(
+    data: bytes, length: int, kind: str, fmt: str = SENTENCEPIECE, specials: dict[str, str] | None = None
+) -> dict:
+    """The payload's `tokenizer` entry (`data` empty: no tokenizer, an image-only model). Files
+    holding a SentencePiece model keep the entry's original three keys."""
+    entry = {
+        "proto": torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8),
+        "length": length,
+        "kind": kind,
+    }
+    if fmt != SENTENCEPIECE:
+        entry.update(format=fmt, specials=dict(specials or {}))
+    return entry
+
+
 def tokenizer_from_payload(payload: Payload) -> Tokenizer:
     tok = payload["tokenizer"]
-    return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]), str(tok.get("kind", "siglip")))
+    fmt, specials = str(tok.get("format", SENTENCEPIECE)), tok.get("specials")
+    return Tokenizer(tok["proto"].numpy().tobytes(), int(tok["length"]), str(tok.get("kind", "siglip")), fmt, specials)
 
 
 # --------------------------------------------------------------------------------------------------

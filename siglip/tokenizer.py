@@ -8,8 +8,11 @@ Two kinds, as the checkpoints define them:
 Both truncate keeping EOS last and pad to exactly `length`. No attention mask: the text tower sees the
 padding and pools the last position.
 
-The SentencePiece model travels as its serialized bytes (`Tokenizer.proto`), so a model file that
-holds them is self-contained.
+The tokenizer file travels as its bytes (`Tokenizer.proto`), so a model file that holds them is
+self-contained: a SentencePiece model (`fmt="sentencepiece"`: spiece.model, Gemma's tokenizer.model),
+or a Hugging Face `tokenizer.json` (`fmt="tokenizer.json"`, read with the `tokenizers` library, an
+optional dependency: see `siglip.tokenizer_json`) where a folder has no SentencePiece model, as
+transformers 5 saves SigLIP 2's. Both give the same ids for the same vocabulary.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def canonicalize(text: str) -> str:
 
 
 KINDS = ("siglip", "gemma")
+SENTENCEPIECE, TOKENIZER_JSON = "sentencepiece", "tokenizer.json"
+FORMATS = (SENTENCEPIECE, TOKENIZER_JSON)
 
 
 def clean(text: str, kind: str) -> str:
@@ -42,31 +47,52 @@ def clean(text: str, kind: str) -> str:
 
 
 class Tokenizer:
-    """`tokenizer(["a dog", ...]) -> LongTensor (n, length)`. `kind`: "siglip" or "gemma" (see above)."""
+    """`tokenizer(["a dog", ...]) -> LongTensor (n, length)`. `kind`: "siglip" or "gemma" (see above).
+    `proto`: the tokenizer file's bytes, of format `fmt` (see above); `specials`: for a
+    tokenizer.json, its special tokens by name as tokenizer_config.json gives them (`eos_token`,
+    `pad_token`, ...; missing ones take the kind's usual names)."""
 
-    def __init__(self, proto: bytes, length: int, kind: str = "siglip"):
+    def __init__(
+        self,
+        proto: bytes,
+        length: int,
+        kind: str = "siglip",
+        fmt: str = SENTENCEPIECE,
+        specials: dict[str, str] | None = None,
+    ):
         if kind not in KINDS:
             raise ValueError(f"unknown tokenizer kind {kind!r}: choose one of {KINDS}")
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown tokenizer file format {fmt!r}: choose one of {FORMATS}")
         self.proto = bytes(proto)
         self.length = length
-        self.kind = kind
-        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        self.kind, self.fmt, self.specials = kind, fmt, dict(specials or {})
+        if fmt == SENTENCEPIECE:
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        else:
+            from siglip.tokenizer_json import JsonPieces  # `tokenizers` is an optional dependency
+
+            self.sp = JsonPieces(self.proto, kind, self.specials)
         self.eos_id = self.sp.eos_id()
         if self.eos_id < 0:
-            raise ValueError("the SentencePiece model has no EOS piece; SigLIP needs one (id 1 in the released vocab)")
+            raise ValueError(f"the {fmt} tokenizer has no EOS token; SigLIP needs one (id 1 in the released vocab)")
         self.pad_id = self.eos_id if kind == "siglip" else self.sp.pad_id()
         if self.pad_id < 0:
-            raise ValueError("a gemma-kind tokenizer needs a <pad> piece in its SentencePiece model (id 0 in Gemma's)")
+            raise ValueError(f"a gemma-kind tokenizer needs a <pad> token in its {fmt} file (id 0 in Gemma's)")
 
     @classmethod
     def from_file(cls, path: str | Path, length: int, kind: str = "siglip") -> Tokenizer:
+        """A SentencePiece model, or a tokenizer.json (told by the `.json` suffix)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        fmt = TOKENIZER_JSON if path.suffix == ".json" else SENTENCEPIECE
         try:
-            return cls(path.read_bytes(), length, kind)
+            return cls(path.read_bytes(), length, kind, fmt)
         except RuntimeError as e:
             raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, length: int, model_type: str = "unigram") -> Tokenizer:
@@ -116,7 +142,14 @@ class Tokenizer:
 
     # SentencePieceProcessor does not pickle; DataLoader workers need copies.
     def __getstate__(self) -> dict:
-        return {"proto": self.proto, "length": self.length, "kind": self.kind}
+        return {
+            "proto": self.proto,
+            "length": self.length,
+            "kind": self.kind,
+            "fmt": self.fmt,
+            "specials": self.specials,
+        }
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["proto"], state["length"], state.get("kind", "siglip"))
+        fmt, specials = state.get("fmt", SENTENCEPIECE), state.get("specials")
+        self.__init__(state["proto"], state["length"], state.get("kind", "siglip"), fmt, specials)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 
 import pytest
 import torch
@@ -21,7 +22,9 @@ from siglip.checkpoint import (
     step_checkpoint_path,
     step_checkpoints,
 )
+from siglip.interop.tensors import read_tensors
 from siglip.model import SigLIP
+from siglip.zipcheck import check_zip_crcs, load_checked
 
 
 @pytest.fixture
@@ -85,10 +88,70 @@ def test_truncated_checkpoint_is_named_with_or_without_a_digest(run_dir):
     with pytest.raises(ValueError, match=r"checkpoint\.pt: corrupt"):
         read_checkpoint(latest)
     digest_path(latest).unlink()
-    with pytest.raises(ValueError, match=r"checkpoint\.pt: not a checkpoint this toolkit can read safely"):
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: corrupt: the zip container is damaged or truncated"):
         read_checkpoint(latest)
     payload, path = read_resumable(run_dir)
     assert path == step_checkpoint_path(run_dir, 6) and payload["step"] == 6
+
+
+def test_bit_flip_without_a_sidecar_is_named_by_the_zip_crc(tmp_path, tiny_config, tokenizer):
+    """A model file copied without its .sha256: the zip's CRC-32s still name a flipped bit, for our
+    files and for foreign torch files (a bare state dict, as open_clip and HF .bin files are)."""
+    model = SigLIP(tiny_config)
+    save_model(tmp_path / "m.pt", model, tokenizer)
+    digest_path(tmp_path / "m.pt").unlink()
+    assert check_zip_crcs(tmp_path / "m.pt")
+    intact = siglip.load(tmp_path / "m.pt")  # an intact file loads
+    assert torch.equal(intact.model.b, model.b)
+    flip_bit(tmp_path / "m.pt")
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["format"] == "siglip"  # torch.load does not notice
+    for load in (read_checkpoint, siglip.load):
+        with pytest.raises(
+            ValueError, match=r"m\.pt: corrupt: record '[^']+/data/\d+' has CRC-32 [0-9a-f]{8} but the file"
+        ):
+            load(tmp_path / "m.pt")
+    theirs = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save({"visual.trunk.pos_embed": torch.randn(1, 4, 8)}, theirs)
+    flip_bit(theirs)
+    with pytest.raises(ValueError, match=r"open_clip_pytorch_model\.bin: corrupt: record"):
+        siglip.load(theirs)
+    with pytest.raises(ValueError, match=r"open_clip_pytorch_model\.bin: corrupt: record"):
+        read_tensors(theirs)
+
+
+def test_zip_crc_check_unit(tmp_path):
+    """Every record is checked (the small pickle too), legacy non-zip torch files are passed over."""
+    path = tmp_path / "x.pt"
+    torch.save({"a": torch.arange(100_000, dtype=torch.float32), "b": torch.ones(3)}, path)
+    assert check_zip_crcs(path) and check_zip_crcs(path, crc32=zlib.crc32)
+    assert torch.equal(load_checked(path)["a"], torch.arange(100_000, dtype=torch.float32))
+    data = bytearray(path.read_bytes())
+    good = bytes(data)
+    at = data.index(b"collections")  # inside data.pkl: the pickle, not a tensor
+    data[at] ^= 0x20
+    path.write_bytes(bytes(data))
+    for crc32 in (None, zlib.crc32):  # ISA-L's where installed (siglip[fastcrc]), and zlib's
+        for check in (check_zip_crcs, load_checked):
+            with pytest.raises(ValueError, match=r"x\.pt: corrupt: record '[^']+/data\.pkl'"):
+                check(path, crc32=crc32)
+    path.write_bytes(good[:-10])  # the end of the central directory cut off
+    with pytest.raises(ValueError, match=r"x\.pt: corrupt: the zip container is damaged or truncated"):
+        check_zip_crcs(path)
+    torch.save({"a": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    assert check_zip_crcs(path) is False and torch.equal(load_checked(path)["a"], torch.ones(3))
+
+
+def test_a_flip_in_a_large_record_is_named(tmp_path):
+    """A 12 MB tensor (checked in 64 MiB pieces on threads, largest first) with a bit flipped in its
+    middle: named, with zlib's CRC and with ISA-L's where installed."""
+    path = tmp_path / "big.pt"
+    big = torch.randn(3_000_000)
+    torch.save({"small": torch.ones(3), "big": big}, path)
+    assert torch.equal(load_checked(path)["big"], big)
+    flip_bit(path)  # the largest record: the 12 MB tensor, storage 1
+    for crc32 in (None, zlib.crc32):
+        with pytest.raises(ValueError, match=r"big\.pt: corrupt: record '[^']+/data/1' has CRC-32"):
+            load_checked(path, crc32)
 
 
 def test_other_version_and_damaged_structure_are_refused(tmp_path, tiny_config, tokenizer):

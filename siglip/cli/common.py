@@ -18,7 +18,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
         required=required,
         help="checkpoint: our .pt, a Hugging Face SigLIP folder, an open_clip checkpoint or a big_vision .npz",
     )
-    g.add_argument("--tokenizer", default=None, help="SentencePiece model, when none lies beside the weights")
+    g.add_argument(
+        "--tokenizer", default=None, help="SentencePiece model or tokenizer.json, when none lies beside the weights"
+    )
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights' dtype (default: as stored)")
     g.add_argument("--batch-size", type=int, default=64)

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("src", help="checkpoint file or folder (format detected from its content)")
     parser.add_argument("dst", help="our model file (.pt) for --to siglip, a folder for --to hf")
     parser.add_argument("--to", choices=("siglip", "hf"), required=True)
-    parser.add_argument("--tokenizer", default=None, help="SentencePiece model, if not beside SRC")
+    parser.add_argument(
+        "--tokenizer", default=None, help="SentencePiece model or tokenizer.json, if none lies beside SRC"
+    )
     args = parser.parse_args(argv)
     payload = load_payload(args.src, args.tokenizer)
     if args.to == "hf":

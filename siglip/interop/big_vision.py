@@ -126,6 +126,6 @@ def read_big_vision(path: Path, tokenizer: str | Path | None, require_tokenizer:
             raise KeyError(f"{path}: .npz without {need!r}; not a big_vision SigLIP checkpoint")
     cfg = big_vision_config(arrays, str(path))
     sd = apply_rules(big_vision_rules(cfg), arrays, model_shapes(cfg), str(path))
-    proto = find_tokenizer(path, tokenizer, require_tokenizer)
-    kind = tokenizer_kind(Path(tokenizer).parent if tokenizer else path.parent, proto)
-    return make_payload(cfg, sd, proto, "bilinear", kind=kind)  # big_vision resizes bilinearly
+    tok = find_tokenizer(path, tokenizer, require_tokenizer)
+    kind = tokenizer_kind(Path(tokenizer).parent if tokenizer else path.parent, tok)
+    return make_payload(cfg, sd, tok, "bilinear", kind=kind)  # big_vision resizes bilinearly

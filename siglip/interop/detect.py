@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from siglip.checkpoint import FORMAT, Payload, check_payload, verify_digest
+from siglip.checkpoint import FORMAT, Payload, check_payload
 from siglip.interop.big_vision import read_big_vision
 from siglip.interop.hf import read_hf
 from siglip.interop.open_clip import read_open_clip
@@ -15,7 +15,7 @@ from siglip.model import SigLIP, resize_pos_embed
 
 
 def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
-    """Any supported checkpoint -> our payload dict. `tokenizer`: a SentencePiece model for formats
+    """Any supported checkpoint -> our payload dict. `tokenizer`: a SentencePiece model or tokenizer.json for formats
     that do not carry one beside the weights; `require_tokenizer=False`: none found is not an error
     (the payload's tokenizer proto is then empty: image-only use, see `siglip.load`)."""
     path = Path(path)
@@ -35,8 +35,7 @@ def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_
         )
     if is_npz(path):
         return read_big_vision(path, tokenizer, require_tokenizer)
-    verify_digest(path)  # our files carry a .sha256: a flipped bit in the weights fails here, naming the file
-    state = read_tensors(path)
+    state = read_tensors(path)  # checked first (.sha256 or the zip's CRCs): a flipped bit is named, not loaded
     if state.get("format") == FORMAT:
         return check_payload(state, path)  # read once
     if any(k.startswith("visual.trunk.") for k in state):

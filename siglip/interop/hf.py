@@ -5,6 +5,7 @@ or one tower) in, and our model out as a folder that transformers reads back (`S
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -15,8 +16,17 @@ from siglip.checkpoint import Payload, tokenizer_from_payload
 from siglip.config import ModelConfig, TowerConfig, model_config_from_dict
 from siglip.interop.rules import Rule, apply_rules, torch_modules, unapply_rules
 from siglip.interop.siglip2 import hf_max_num_patches, tokenizer_kind
-from siglip.interop.tensors import IGNORED, find_tokenizer, heads_for, make_payload, model_shapes, read_tensors
-from siglip.tokenizer import Tokenizer
+from siglip.interop.tensors import (
+    IGNORED,
+    TokenizerFile,
+    find_tokenizer,
+    heads_for,
+    make_payload,
+    model_shapes,
+    read_tensors,
+)
+from siglip.tokenizer import TOKENIZER_JSON, Tokenizer
+from siglip.tokenizer_json import sentencepiece_to_json
 
 # Our module -> theirs inside one encoder block.
 HF_BLOCK = {
@@ -70,6 +80,7 @@ ACT = {"tanh": "gelu_pytorch_tanh", "exact": "gelu"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 MODEL_TYPES = {"siglip": "SiglipModel (fixed resolution)", "siglip2": "Siglip2Model (NaFlex)"}
 TOWER_TYPES = ("siglip_vision_model", "siglip_text_model")
+log = logging.getLogger(__name__)
 
 
 def _hf_gelu(acts: set[str], where: str) -> str:
@@ -214,12 +225,12 @@ def read_hf(path: Path, tokenizer: str | Path | None = None, require_tokenizer: 
         cfg = _hf_config_from_shapes(state, towers, str(weights), tower_json)
     rules = hf_rules(cfg, towers)
     sd = apply_rules(rules, state, model_shapes(cfg), str(weights))
-    proto = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else b""
+    tok = find_tokenizer(folder, tokenizer, require_tokenizer) if "text" in towers or tokenizer else TokenizerFile()
     partial = "" if len(towers) == 2 else towers[0]
     resample = _hf_resample(folder, 0, 2) if cfg.naflex else _hf_resample(folder, cfg.image_size)
-    kind = tokenizer_kind(folder, proto)
+    kind = tokenizer_kind(folder, tok)
     max_patches = hf_max_num_patches(folder) if cfg.naflex else 0
-    return make_payload(cfg, sd, proto, resample, partial, kind, max_patches)
+    return make_payload(cfg, sd, tok, resample, partial, kind, max_patches)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,7 +289,9 @@ def hf_config_json(cfg: ModelConfig) -> dict:
 
 def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
     """spiece.model + SiglipTokenizer configs (SigLIP pads with EOS), or for the Gemma kind
-    tokenizer.model + a GemmaTokenizer config padding on the right (transformers' default is left)."""
+    tokenizer.model + a GemmaTokenizer config padding on the right (transformers' default is left);
+    both with the same vocabulary as tokenizer.json (where `tokenizers` is installed). A tokenizer
+    read from a tokenizer.json-only folder is written back as tokenizer.json alone."""
     piece = tok.sp.id_to_piece
     if tok.kind == "gemma":
         special = {"eos_token": piece(tok.eos_id), "pad_token": piece(tok.pad_id), "unk_token": piece(tok.sp.unk_id())}
@@ -293,11 +306,20 @@ def hf_tokenizer_files(tok: Tokenizer) -> dict[str, bytes]:
         tok_cfg = {"tokenizer_class": "SiglipTokenizer", "model_max_length": tok.length, "do_lower_case": True}
         tok_cfg.update(special)
         name = "spiece.model"
-    return {
-        name: tok.proto,
+    files = {
         "tokenizer_config.json": json.dumps(tok_cfg, indent=2).encode(),
         "special_tokens_map.json": json.dumps(special).encode(),
     }
+    if tok.fmt == TOKENIZER_JSON:  # read from a tokenizer.json-only folder: no SentencePiece model to write
+        if tok.kind == "siglip":  # transformers 5's SiglipTokenizer reads spiece.model only; T5's reads the json
+            tok_cfg.update(tokenizer_class="T5Tokenizer", extra_ids=0)
+            files["tokenizer_config.json"] = json.dumps(tok_cfg, indent=2).encode()
+        return {"tokenizer.json": tok.proto, **files}
+    try:  # transformers 5 reads tokenizer.json first; SigLIP 2 classes need it
+        files["tokenizer.json"] = sentencepiece_to_json(tok.proto, tok.kind)
+    except ImportError as e:
+        log.warning("not writing tokenizer.json (%s); %s is written", e, name)
+    return {name: tok.proto, **files}
 
 
 def hf_preprocessor_json(cfg: ModelConfig, preprocess: dict) -> dict:

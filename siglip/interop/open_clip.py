@@ -107,12 +107,12 @@ def read_open_clip(
 ) -> Payload:
     if "text.text_projection" in state:
         raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
-    proto = find_tokenizer(path, tokenizer, require_tokenizer)
-    kind = tokenizer_kind(path if path.is_dir() else path.parent, proto)
+    tok = find_tokenizer(path, tokenizer, require_tokenizer)
+    kind = tokenizer_kind(path if path.is_dir() else path.parent, tok)
     cfg = open_clip_config(state, path, kind)
     sd = apply_rules(open_clip_rules(cfg), state, model_shapes(cfg), str(path))
     resample = "bicubic"
     cfg_file = (path if path.is_dir() else path.parent) / "open_clip_config.json"
     if cfg_file.is_file():
         resample = json.loads(cfg_file.read_text()).get("preprocess_cfg", {}).get("interpolation", "bicubic")
-    return make_payload(cfg, sd, proto, resample, kind=kind)
+    return make_payload(cfg, sd, tok, resample, kind=kind)

@@ -1,9 +1,10 @@
 """SigLIP 2 facts every format's reader needs (the formats' own SigLIP 2 parts live in hf.py,
 open_clip.py and big_vision.py):
 
-- the Gemma tokenizer (`tokenizer.model`, 256k pieces): kind "gemma" (see `siglip.tokenizer`), told
-  by the folder's `tokenizer_config.json` (`tokenizer_class: GemmaTokenizer`) or, without one, by
-  the SentencePiece model itself (a BOS piece: Gemma's vocabularies have one, SigLIP 1's do not);
+- the Gemma tokenizer (`tokenizer.model`, 256k pieces, or only `tokenizer.json` in folders saved by
+  transformers 5): kind "gemma" (see `siglip.tokenizer`), told by the folder's
+  `tokenizer_config.json` (`tokenizer_class: GemmaTokenizer`) or, without one, by the vocabulary
+  itself (a BOS piece: Gemma's vocabularies have one, SigLIP 1's do not);
 - open_clip's GELU per tower: timm image towers differ by model name, the text tower by `act_kwargs`;
 - NaFlex (Hugging Face `Siglip2ImageProcessor`): the folder's `max_num_patches`.
 """
@@ -14,6 +15,10 @@ import json
 from pathlib import Path
 
 import sentencepiece as spm
+
+from siglip.interop.tensors import TokenizerFile
+from siglip.tokenizer import TOKENIZER_JSON
+from siglip.tokenizer_json import JsonPieces
 
 GEMMA_TOKENIZERS = {"GemmaTokenizer", "GemmaTokenizerFast", "Siglip2Tokenizer"}
 SIGLIP_TOKENIZERS = {"SiglipTokenizer", "T5Tokenizer", "T5TokenizerFast"}
@@ -35,8 +40,8 @@ TIMM_TANH = {
 # Tokenizer kind
 
 
-def tokenizer_kind(folder: Path, proto: bytes) -> str:
-    """'gemma' or 'siglip' for the SentencePiece model `proto` found in `folder`."""
+def tokenizer_kind(folder: Path, tok: TokenizerFile) -> str:
+    """'gemma' or 'siglip' for the tokenizer `tok` found in `folder`."""
     cfg_file = folder / "tokenizer_config.json"
     if cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text())
@@ -51,9 +56,12 @@ def tokenizer_kind(folder: Path, proto: bytes) -> str:
             raise ValueError(
                 f"{cfg_file}: tokenizer_class {cls!r} not supported (one of {sorted(GEMMA_TOKENIZERS | SIGLIP_TOKENIZERS)})"
             )
-    if not proto:  # loaded without a tokenizer (images only)
+    if not tok.data:  # loaded without a tokenizer (images only)
         return "siglip"
-    sp = spm.SentencePieceProcessor(model_proto=proto)
+    if tok.fmt == TOKENIZER_JSON:  # Gemma's vocabulary has <bos> and <pad>, SigLIP 1's no BOS
+        pieces = JsonPieces(tok.data, "gemma", tok.specials)
+        return "gemma" if pieces.bos_id() >= 0 and pieces.pad_id() >= 0 else "siglip"
+    sp = spm.SentencePieceProcessor(model_proto=tok.data)
     return "gemma" if sp.bos_id() >= 0 and sp.pad_id() >= 0 else "siglip"
 
 

@@ -3,18 +3,21 @@ pickles: no pickled code is ever run), finding the tokenizer beside them, and bu
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from siglip.checkpoint import FORMAT, VERSION, Payload, preprocess_dict
+from siglip.checkpoint import FORMAT, VERSION, Payload, load_verified, preprocess_dict, tokenizer_entry
 from siglip.config import SIZES, ModelConfig
 from siglip.model import SigLIP
+from siglip.tokenizer import SENTENCEPIECE, TOKENIZER_JSON
+from siglip.tokenizer_json import special_names
 
 IGNORED = re.compile(r"(^|\.)position_ids$")  # HF buffers (arange), saved by older transformers
 
@@ -28,7 +31,8 @@ def is_npz(path: Path) -> bool:
 
 
 def read_tensors(path: Path) -> dict[str, Tensor]:
-    """Name -> tensor from .safetensors, a torch file (weights_only) or an .npz (no pickles)."""
+    """Name -> tensor from .safetensors, a torch file (weights_only; checked first, see
+    `siglip.checkpoint.load_verified`) or an .npz (no pickles)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -36,9 +40,11 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     if is_npz(path):
         with np.load(path, allow_pickle=False) as z:
             return {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # checked against the .sha256 beside it, else the zip's CRC-32s: a flipped bit is named, not loaded
+        obj = load_verified(path)
     except Exception as e:
+        if ": corrupt: " in str(e):  # named by the check, with the record or digest
+            raise
         raise ValueError(f"{path}: not a file this toolkit can read safely ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj
@@ -52,25 +58,56 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return obj
 
 
-def find_tokenizer(where: Path, explicit: str | Path | None, required: bool = True) -> bytes:
-    """The SentencePiece model: `explicit`, else spiece.model / tokenizer.model / the one *.model
-    beside the checkpoint. None found: an error, or b"" when not `required` (an image-only load)."""
+@dataclass(frozen=True)
+class TokenizerFile:
+    """A tokenizer found beside a checkpoint: the file's bytes (empty: none), its format
+    ("sentencepiece" or "tokenizer.json") and, for a tokenizer.json, the special tokens that the
+    folder's tokenizer_config.json names (see `siglip.tokenizer_json`)."""
+
+    data: bytes = b""
+    fmt: str = SENTENCEPIECE
+    specials: dict[str, str] = field(default_factory=dict)
+
+
+def folder_specials(folder: Path) -> dict[str, str]:
+    """Special token names from special_tokens_map.json and tokenizer_config.json (the latter wins)."""
+    out: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        p = folder / name
+        if p.is_file():
+            try:
+                out.update(special_names(json.loads(p.read_text())))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: not JSON ({e})") from e
+    return out
+
+
+def _tokenizer_file(p: Path) -> TokenizerFile:
+    if p.suffix == ".json":
+        return TokenizerFile(p.read_bytes(), TOKENIZER_JSON, folder_specials(p.parent))
+    return TokenizerFile(p.read_bytes())
+
+
+def find_tokenizer(where: Path, explicit: str | Path | None, required: bool = True) -> TokenizerFile:
+    """The tokenizer: `explicit`, else spiece.model / tokenizer.model / the one *.model beside the
+    checkpoint, else a tokenizer.json (transformers 5 saves SigLIP 2's that way). None found: an
+    error, or an empty TokenizerFile when not `required` (an image-only load)."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
             raise FileNotFoundError(f"tokenizer not found: {p}")
-        return p.read_bytes()
+        return _tokenizer_file(p)
     folder = where if where.is_dir() else where.parent
-    for name in ("spiece.model", "tokenizer.model"):
-        if (folder / name).is_file():
-            return (folder / name).read_bytes()
-    models = sorted(folder.glob("*.model"))
-    if len(models) == 1:
-        return models[0].read_bytes()
+    models = [folder / n for n in ("spiece.model", "tokenizer.model") if (folder / n).is_file()]
+    models = models or sorted(folder.glob("*.model"))
+    if len(models) == 1 or (models and models[0].name in ("spiece.model", "tokenizer.model")):
+        return _tokenizer_file(models[0])
+    if (folder / "tokenizer.json").is_file():
+        return _tokenizer_file(folder / "tokenizer.json")
     if not required:
-        return b""
+        return TokenizerFile()
     raise FileNotFoundError(
-        f"{where}: no SentencePiece model found (looked for spiece.model, tokenizer.model or a single *.model "
+        f"{where}: no tokenizer found (looked for spiece.model, tokenizer.model, a single *.model or tokenizer.json "
         f"in {folder}); pass one with --tokenizer"
     )
 
@@ -90,26 +127,20 @@ def heads_for(width: int, where: str) -> int:
 def make_payload(
     cfg: ModelConfig,
     state: dict[str, Tensor],
-    proto: bytes,
+    tok: TokenizerFile,
     resample: str,
     partial: str = "",
     kind: str = "siglip",
     max_num_patches: int = 0,
 ) -> Payload:
-    """Our payload for converted weights (`proto` empty: no tokenizer was found or needed). `kind`:
+    """Our payload for converted weights (`tok.data` empty: no tokenizer was found or needed). `kind`:
     the tokenizer's ("siglip" or SigLIP 2's "gemma"); `max_num_patches`: a NaFlex model's budget."""
     out: Payload = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": asdict(cfg),
         "state_dict": state,
-        "tokenizer": {
-            "proto": torch.frombuffer(bytearray(proto), dtype=torch.uint8)
-            if proto
-            else torch.zeros(0, dtype=torch.uint8),
-            "length": cfg.text_length,
-            "kind": kind,
-        },
+        "tokenizer": tokenizer_entry(tok.data, cfg.text_length, kind, tok.fmt, tok.specials),
         "preprocess": preprocess_dict(cfg, resample, max_num_patches),
     }
     if partial:
