@@ -157,11 +157,11 @@ def run_block(block: Block, cwd: Path, env: dict[str, str]) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.where()}: still running after {timeout} s:\n{block.code}")
     if proc.returncode != 0:
-        out = (proc.stdout + proc.stderr).strip().splitlines()
+        out = [x for x in re.split(r"[\r\n]+", proc.stdout + "\n" + proc.stderr) if x.strip()]  # progress bars use \r
         unknown = " (unknown command)" if proc.returncode == 127 or "unknown command" in proc.stderr else ""
         pytest.fail(
             f"{block.where()}: exit code {proc.returncode}{unknown}\n{block.code}\n--- output (tail) ---\n"
-            + "\n".join(out[-25:])
+            + "\n".join(out[-15:])
         )
 
 
