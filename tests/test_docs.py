@@ -250,6 +250,27 @@ def test_links_and_named_files_exist():
         warnings.warn("arriving with other branches, not here yet:\n" + "\n".join(pending), stacklevel=1)
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors a code host makes for a page's headings: lowercase, punctuation dropped, spaces -> '-'."""
+    fence_lines = {n for line, _, code, _ in fenced_blocks(page) for n in range(line, line + code.count("\n") + 3)}
+    heads = [t for n, t in enumerate(page.read_text().splitlines(), 1) if t.startswith("#") and n not in fence_lines]
+    return {re.sub(r"[^\w\- ]", "", h.lstrip("#").strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_link_anchors_exist():
+    bad = []
+    for page in PAGES:
+        for n, text in enumerate(page.read_text().splitlines(), 1):
+            for target in LINK.findall(text):
+                if re.match(r"^[a-z]+:", target) or "#" not in target:
+                    continue
+                path, anchor = target.split("#", 1)
+                dest = (page.parent / path).resolve() if path else page
+                if dest.suffix == ".md" and dest.exists() and anchor not in anchors(dest):
+                    bad.append(f"{page.relative_to(REPO)}:{n}: {target} (headings: {sorted(anchors(dest))})")
+    assert not bad, "links to headings that do not exist:\n" + "\n".join(bad)
+
+
 def test_file_map_check_finds_what_is_missing(tmp_path):
     page = tmp_path / "map.md"
     page.write_text("## File map\n\n```\nsiglip/loss/   sigmoid.py (the loss), nothere.py (gone)\n```\n")
