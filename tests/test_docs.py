@@ -215,6 +215,11 @@ def named_paths(page: Path) -> list[tuple[int, str, Path]]:
         for name in TICKED.findall(text):
             if not any(c in name for c in "*{<"):
                 found.append((n, name, REPO / name))
+    for line, info, code, _ in fenced_blocks(page):  # scripts and configs named in commands
+        for token in code.split() if info == "bash" else []:
+            m = TOP.match(token.strip("'\""))
+            if m and m.group(1).endswith(".py"):
+                found.append((line, m.group(1), REPO / m.group(1)))
     return found
 
 
