@@ -315,13 +315,14 @@ def test_help_example_is_in_use_md(name):
     text = help_text(name)
     found = examples(name, text)
     assert found, f"`siglip {name} --help` shows no example command line:\n{text}"
-    use_md = " ".join(
-        " ".join(code.replace("\\\n", " ").split())
+    use_md = {  # each command line of use.md's bash blocks, continuations joined, comment removed
+        " ".join(re.sub(r"\s+#.*$", "", x).split())
         for _, info, code, _ in fenced_blocks(REPO / "docs" / "use.md")
         if info == "bash"
-    )
+        for x in code.replace("\\\n", " ").splitlines()
+    }
     assert any(ex in use_md for ex in found), (
-        f"none of `siglip {name} --help`'s examples is in a bash block of docs/use.md: {found}"
+        f"none of `siglip {name} --help`'s examples is a command line in a bash block of docs/use.md: {found}"
     )
 
 
