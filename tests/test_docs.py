@@ -299,7 +299,7 @@ def help_text(name: str) -> str:
 
 def examples(name: str, text: str) -> list[str]:
     """Command lines in a --help text that run this subcommand, comments and extra spaces removed."""
-    pattern = re.compile(rf"^(?:siglip|torchrun .*-m siglip|python -m siglip) {name}\b")
+    pattern = re.compile(rf"^(?:siglip|torchrun .*-m siglip|python -m siglip) {name} ")
     lines = [re.sub(r"^examples?:\s*", "", re.sub(r"\s+#.*$", "", x.strip())) for x in text.splitlines()]
     return [" ".join(x.split()) for x in lines if pattern.match(x) and not re.search(r"[\[\]]|SRC DST|RUN_DIR", x)]
 
