@@ -152,7 +152,9 @@ def _tune_and_measure(index: Path, meta: dict, rows: np.ndarray, fi: Any, plan: 
         s_all = np.concatenate([s for _, s in sets.values()])
         t_all = np.concatenate([t[:, :10] for t in truths.values()])
         plan, r = recall.tune(rows, fi, plan, q_all, s_all, t_all, opts.target_recall)
-        log.info("tuned: nprobe %d, %d candidates per result: recall@10 %.4f", plan.nprobe, plan.rerank, r)
+        log.info(
+            "tuned: nprobe %d, %d candidates per result: recall@10 >= %.4f (95%% bound)", plan.nprobe, plan.rerank, r
+        )
     report = {
         name: recall.measure(rows, rows_file, fi, plan, recall.as_tensor(q), s, truths[name])
         for name, (q, s) in sets.items()

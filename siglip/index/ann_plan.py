@@ -7,7 +7,7 @@ budget (the rule autofaiss follows): no faiss here, only arithmetic.
 
 Sizes (bytes, n rows of d dims): flat 4dn; ivf-flat (4d + 8)n; ivf-pq (m + 8)n (m one-byte codes and
 an int64 id per row); hnsw (4d + 8M + 16)n; plus the IVF centroids (4d per list). Lists: about
-sqrt(n) / 3, a power of two (fewer than autofaiss's 4 sqrt(n): k-means and assigning every row to its
+sqrt(n) / 6, a power of two (fewer than autofaiss's 4 sqrt(n): k-means and assigning every row to its
 list are the cost of building on a few cores; queries then visit more of each list).
 Every kind fetches `rerank` x k candidates that the exact rows on disk score again.
 """
@@ -100,7 +100,7 @@ def pq_sizes(d: int, n: int = 0) -> list[int]:
 
 
 def _nlist(n: int) -> int:
-    lists = 2 ** round(math.log2(max(math.sqrt(n) / 3, 1)))
+    lists = 2 ** round(math.log2(max(math.sqrt(n) / 6, 1)))
     return max(1, min(lists, n // 39 or 1))
 
 
