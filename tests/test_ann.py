@@ -146,15 +146,16 @@ def _append(path, rows: np.ndarray, first: int) -> None:
 
 def test_appended_rows_join_the_approximate_index_or_it_is_stale(tmp_path, data, monkeypatch, caplog):
     rows, queries = data
-    path = make_index(tmp_path / "idx", rows[:20_000])
-    ann_build.build(path, ann_build.BuildOptions(max_memory="1M", queries=50, progress=False))
-    assert _append(path, rows[20_000:22_000], 20_000) == "updated"
+    path = make_index(tmp_path / "idx", rows[:10_000])
+    ann_build.build(path, ann_build.BuildOptions(max_memory="400K", queries=50, progress=False))
+    assert _append(path, rows[10_000:22_000], 10_000) == "updated"
     idx = siglip.index.open(path)
     assert idx.count == 22_000 and idx.ann["rows"] == 22_000 and idx.ann["generation"] == 2
+    assert idx.ann["plan"]["kind"] == "ivf-pq"
     assert len(list(path.glob("ann-*.faiss"))) == 1  # the old generation's file is gone
     _, ids = idx.search(queries, 10)
     assert recall10(ids, brute(rows[:22_000], queries, 10)[1]) >= 0.95
-    assert (ids >= 20_000).any()  # the new rows are found
+    assert (ids >= 10_000).any()  # the new rows are found
     # faiss missing at append time: nothing changes, the index is stale and never used silently
     monkeypatch.setattr(ann, "faiss", lambda: (_ for _ in ()).throw(ModuleNotFoundError("pip install 'siglip[ann]'")))
     with caplog.at_level(logging.WARNING):
@@ -190,8 +191,9 @@ def test_siglip_embed_updates_the_approximate_index(world, capsys):  # noqa: F81
     approx = json.loads(capsys.readouterr().out)
     assert main(["search", str(tmp / "idx"), "a red square", "-k", "12", "--json", "--exact"]) == 0
     exact = json.loads(capsys.readouterr().out)
-    assert [r["path"] for r in approx] == [r["path"] for r in exact]
     assert [r["cosine"] for r in approx] == pytest.approx([r["cosine"] for r in exact], abs=1e-6)
+    key = lambda r: (round(r["cosine"], 5), r["path"])  # same-colour images tie: any order among them
+    assert sorted(map(key, approx)) == sorted(map(key, exact)) and len(approx) == 12
 
 
 def test_damaged_or_foreign_files_are_refused_by_name_and_exact_search_answers(tmp_path, data, caplog):
