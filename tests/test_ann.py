@@ -275,3 +275,16 @@ def test_cli_tune_json_and_missing_faiss(pq_index, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     assert main(["index", str(path)]) == 1
     assert "pip install 'siglip[ann]'" in capsys.readouterr().err
+
+
+def test_captions_query_too_when_the_index_has_them(world, capsys):  # noqa: F811
+    tmp, model_path = world
+    pngs = sorted((tmp / "photos").rglob("*.png"))
+    (tmp / "pairs.csv").write_text("image,caption\n" + "".join(f"{p},a photo number {i}\n" for i, p in enumerate(pngs)))
+    embed(tmp / "pairs.csv", "--model", model_path, "--out", tmp / "idx")
+    capsys.readouterr()
+    assert main(["index", str(tmp / "idx"), "--json"]) == 0
+    desc = json.loads(capsys.readouterr().out)
+    assert desc["recall"]["captions"]["queries"] == len(pngs) and desc["recall"]["captions"]["recall@10"] == 1.0
+    assert main(["index", str(tmp / "idx"), "--no-texts", "--json"]) == 0
+    assert "captions" not in json.loads(capsys.readouterr().out)["recall"]
