@@ -79,13 +79,13 @@ def _resume(index: Path, state: dict) -> Any | None:
 def _train(rows: np.ndarray, plan: Plan, exclude: np.ndarray, rng: np.random.Generator) -> Any:
     fi = ann.create(plan, rows.shape[1])
     if ann.needs_training(fi):
-        pool = np.setdiff1d(np.arange(len(rows)), exclude) if len(rows) <= 4 * plan.train_rows else None
-        picks = rng.choice(pool, min(plan.train_rows, len(pool)), replace=False) if pool is not None else None
-        if picks is None:  # large: sample, then drop the held-out queries
+        if len(rows) <= 4 * plan.train_rows:  # few rows: sample among those that are not queries
+            pool = np.setdiff1d(np.arange(len(rows)), exclude)
+            picks = rng.choice(pool, min(plan.train_rows, len(pool)), replace=False)
+        else:  # many: sample, then drop the held-out queries (a handful)
             picks = np.setdiff1d(rng.choice(len(rows), plan.train_rows, replace=False), exclude)
         log.info("training %s on %d sampled rows", plan.factory(), len(picks))
-        fi_sample = np.asarray(rows[np.sort(picks)], dtype=np.float32)
-        ann.train(fi, fi_sample)
+        ann.train(fi, np.asarray(rows[np.sort(picks)], dtype=np.float32))  # (t, d): read row by row
     return fi
 
 

@@ -65,7 +65,7 @@ def approx_ids(rows: np.ndarray, index: Any, plan: Plan, q: Tensor, self_ids: np
     return drop_self(ids, self_ids, k)
 
 
-def _ladder(plan: Plan, index: Any) -> list[int]:
+def _ladder(plan: Plan) -> list[int]:
     """Search efforts to try, cheapest first."""
     if plan.kind == "flat":
         return [1]
@@ -85,7 +85,7 @@ def tune(
     reranks = [plan.rerank] + ([plan.rerank * 3, plan.rerank * 10] if plan.kind == "ivf-pq" else [])
     for rerank in reranks:
         last = -1.0
-        for effort in _ladder(plan, index):
+        for effort in _ladder(plan):
             trial = Plan.from_json({**plan.to_json(), "nprobe": effort, "rerank": rerank})
             r = lower_bound(approx_ids(rows, index, trial, q, self_ids, k), truth, k)
             if r > best[0]:
