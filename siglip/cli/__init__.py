@@ -23,7 +23,8 @@ import sys
 # name -> (module, one line for `siglip --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("siglip.cli.embed", "embed a folder, manifest, shards or text file into an index (resumable)"),
-    "search": ("siglip.cli.search", "exact top-k of an index for a text or an image"),
+    "search": ("siglip.cli.search", "top-k of an index for a text or an image (approximate index when built)"),
+    "index": ("siglip.cli.index", "build an approximate index (faiss) under a memory budget, with measured recall"),
     "classify": ("siglip.cli.classify", "zero-shot labels: per-label probabilities and the top label per image"),
     "score": ("siglip.cli.score", "the probability sigmoid(t * cos + b) of image-text pairs"),
     "convert": ("siglip.cli.convert", "convert a checkpoint (same as python -m siglip.convert)"),
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(module, "PASSTHROUGH", False):
             return module.main(rest) or 0
         return module.run(parser_for(name, module).parse_args(rest)) or 0
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, ModuleNotFoundError) as e:
         if os.environ.get("SIGLIP_DEBUG"):
             raise
         print(f"siglip {name}: error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""siglip search: the exact top k of an index for a text (or an image), by cosine.
+"""siglip search: the top k of an index for a text (or an image), by cosine.
 
     siglip search photos.index "a dog on a beach"
     siglip search photos.index --image query.jpg -k 20 --json
@@ -6,7 +6,9 @@
 
 Prints rank, probability sigmoid(t * cos + b), cosine and path. The query is embedded with the
 index's model (the path in its meta.json, or --model): weights whose fingerprint differs from the
-index's are refused. The index is read in chunks, never whole, so it may be larger than memory.
+index's are refused. With an approximate index (built by `siglip index`), its candidates are
+re-ranked with the exact rows, so the cosines printed are exact; --exact scans every row instead (in
+chunks, never the whole index in memory). A stale or damaged approximate index is not used (a warning).
 --json prints a list of {"rank", "path", "score", "logit", "cosine"} (score: the probability).
 """
 
@@ -17,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from siglip.cli.common import add_model_arguments, load_model, print_json
-from siglip.index.search import topk_file
-from siglip.index.store import check_model, read_items, read_meta
+from siglip.index.handle import Index
+from siglip.index.store import check_model, read_items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, required=False)
     p.add_argument("--json", action="store_true", help="print the results as a JSON list")
     p.add_argument("--html", default="", help="write a page of the results with thumbnails here")
+    p.add_argument("--exact", action="store_true", help="scan every row, even where an approximate index exists")
 
 
 def item_label(item: dict) -> str:
@@ -43,13 +45,17 @@ def item_label(item: dict) -> str:
     return item.get("text", item.get("id", ""))
 
 
+def _recall10(desc: dict) -> str:
+    r = desc.get("recall", {}).get("rows", {}).get("recall@10")
+    return "not measured" if r is None else f"{r:.3f} measured"
+
+
 def run(args: argparse.Namespace) -> int:
     if bool(args.query) == bool(args.image):
         raise ValueError('give a text query ("a dog on a beach") or --image FILE, not both')
     index = Path(args.index)
-    meta = read_meta(index)
-    if meta is None:
-        raise FileNotFoundError(f"{index}: no meta.json; not an index written by siglip embed")
+    idx = Index(index)
+    meta = idx.meta
     model_path = args.model or meta["model"]
     if not args.model and not Path(model_path).exists():
         raise FileNotFoundError(f"{index}: its model {model_path!r} is gone; pass the same weights with --model")
@@ -57,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     check_model(meta, model.fingerprint, index, f"--model {model_path}")
     q = model.embed_images([args.image]) if args.image else model.embed_texts([args.query])  # (1, d)
     start = time.perf_counter()
-    with tqdm(total=meta["count"], unit="row", desc="search", disable=meta["count"] < 1 << 22, leave=False) as bar:
-        cos, rows = topk_file(index / meta["embeddings"], q, args.k, progress=bar.update)
+    approx = None if args.exact else idx.ann
+    cos, rows = idx.search(q, args.k, exact=args.exact)
+    cos, rows = torch.from_numpy(cos), torch.from_numpy(rows)
     took = time.perf_counter() - start
     logits = model.from_cosine(cos[0])  # (k,) t * cos + b
     items = read_items(index, meta, rows[0].tolist())
@@ -76,5 +83,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         print(f"{r['rank']:>4}  {r['score']:.4f}  {r['cosine']:+.4f}  {r['path']}")
-    print(f"({meta['count']} rows searched exactly in {took:.2f} s" + (f"; page: {args.html})" if args.html else ")"))
+    how = (
+        "exactly"
+        if approx is None
+        else f"with the {approx['kind']} index (recall@10 {_recall10(approx)}, exact cosines)"
+    )
+    print(f"({meta['count']} rows searched {how} in {took:.3f} s" + (f"; page: {args.html})" if args.html else ")"))
     return 0

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from siglip.api import Model
 from siglip.distributed import Runtime, barrier
+from siglip.index.ann_update import follow_append
 from siglip.index.sources import Item
 from siglip.index.store import check_model, consolidate, done_keys, read_meta, read_parts, write_part
 from siglip.naflex import stack_images
@@ -166,6 +167,8 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
             "kind": opts.kind, "model": os.path.abspath(model.path), "fingerprint": model.fingerprint, "dim": model.dim,
             "dtype": opts.store_dtype, "source": opts.source,
         }  # fmt: skip
+        old = meta
         meta = consolidate(index, run, {it.key: i for i, it in enumerate(items)})
+        follow_append(index, old, meta)  # the approximate index, if any, takes the new rows (or is stale)
     barrier(rt)
     return read_meta(index)
