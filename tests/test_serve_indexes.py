@@ -84,3 +84,20 @@ def test_thumbnails_come_from_the_items_own_file_or_shard_member(indexes):
         assert member == pngs[int(item["key"][1:])].read_bytes()  # the shard member's own bytes
         assert Image.open(io.BytesIO(thumbnail_jpeg(member))).size == Image.open(pngs[int(item["key"][1:])]).size
     assert opened["texts"].image_source(0) is None
+
+
+def test_an_approximate_index_is_used_and_exact_can_be_asked(indexes, tmp_path):
+    """`siglip index` beside the rows: the server opens it (ann described in /health), its hits are
+    re-ranked exact cosines equal to the exact scan's, and `exact=True` scans."""
+    pytest.importorskip("faiss")
+    import shutil
+
+    tmp, model, _, _ = indexes
+    shutil.copytree(tmp / "photos.index", tmp_path / "photos.index")
+    assert main(["index", str(tmp_path / "photos.index"), "--kind", "hnsw", "--queries", "4", "--json"]) == 0
+    ix = open_indexes([f"p={tmp_path / 'photos.index'}"], model.fingerprint, "m")["p"]
+    assert ix.ann is not None and ix.ann["kind"] == "hnsw"
+    q = model.embed_texts(["a blue circle", "a red square"])
+    approx, exact = ix.search(q, 3), ix.search(q, 3, exact=True)
+    assert approx[1].tolist() == exact[1].tolist()
+    torch.testing.assert_close(approx[0], exact[0], atol=1e-6, rtol=0)

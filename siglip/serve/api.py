@@ -1,6 +1,6 @@
 """Our own routes: search an index, classify and score images, item thumbnails, health and metrics.
 
-    POST /v1/search    {"index"?, "text" | "image" | "vector", "k"?: 10}
+    POST /v1/search    {"index"?, "text" | "image" | "vector", "k"?: 10, "exact"?: false}
                        -> {"index", "k", "hits": [{"row", "path"?, "caption"?, "text"?, "score", "logit",
                            "cosine", "thumbnail"?}]}        score = sigmoid(logit), logit = t * cosine + b
     POST /v1/classify  {"images": [...], "labels": [...], "templates"?: ["a photo of a {}."]}
@@ -52,7 +52,7 @@ async def health(request: Request) -> dict:
         check_bearer(request, s.settings.api_key)
     except ApiError:
         return {"status": "ok"}
-    indexes = {name: {"kind": ix.kind, "count": ix.count} for name, ix in s.indexes.items()}
+    indexes = {name: {"kind": ix.kind, "count": ix.count, "approximate": ix.ann} for name, ix in s.indexes.items()}
     return {"status": "ok", "model": s.model_name, "dim": s.model.dim, "indexes": indexes, "queue": s.batcher.depth}
 
 
@@ -98,9 +98,11 @@ def item_fields(item: dict) -> dict:
     return out
 
 
-async def search_index(ix: ServedIndex, q: torch.Tensor, k: int) -> tuple[list[float], list[int], list[dict]]:
+async def search_index(
+    ix: ServedIndex, q: torch.Tensor, k: int, exact: bool = False
+) -> tuple[list[float], list[int], list[dict]]:
     """Top-k cosines, rows and items of one (1, d) query, off the event loop."""
-    cos, rows = await run_in_threadpool(ix.search, q, k)
+    cos, rows = await run_in_threadpool(ix.search, q, k, exact)
     rows_l = rows[0].tolist()
     items = await run_in_threadpool(ix.items, rows_l)
     return cos[0].tolist(), rows_l, items
@@ -112,8 +114,9 @@ async def search(request: Request) -> Response:
     body = await fields.read_json(request)
     ix = s.index(body.get("index"))
     k = fields.integer(body, "k", 10, 1, s.settings.max_k)
+    exact = fields.boolean(body, "exact", False)
     q = await query_vector(s, body, "text", "image", "vector")
-    cos, rows, items = await search_index(ix, q, k)
+    cos, rows, items = await search_index(ix, q, k, exact)
     logits = s.model.from_cosine(torch.tensor(cos))  # (k,) t * cos + b
     hits = []
     for row, c, z, p, item in zip(rows, cos, logits.tolist(), torch.sigmoid(logits).tolist(), items):

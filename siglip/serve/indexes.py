@@ -1,9 +1,11 @@
 """The indexes a server holds: the one place the service touches `siglip.index`.
 
-Each `--index NAME=PATH` is opened once at start (meta.json read, the model's fingerprint checked)
-and searched exactly with `siglip.index.topk_file`, which reads the rows file in chunks through the
-page cache (the process never holds the whole index). Items come from items.jsonl by byte offset.
-When `siglip.index.open(path).search(...)` (approximate indexes) lands, it replaces `search` here.
+Each `--index NAME=PATH` is opened once at start with `siglip.index.open` (meta.json read, the
+model's fingerprint checked, the approximate index that `siglip index` built loaded if there is a
+usable one). Search goes through it: approximate candidates re-ranked with the exact rows when
+there is an approximate index, else the exact chunked scan through the page cache (the process
+never holds the whole index); a request can ask for the exact scan. Items come from items.jsonl by
+byte offset.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from siglip.index import check_model, read_items, read_meta, topk_file
+import siglip.index
+from siglip.index import check_model, read_items, read_meta
 from siglip.serve.images import ShardMembers
 
 
@@ -26,6 +29,7 @@ class ServedIndex:
     name: str
     path: Path
     meta: dict
+    handle: siglip.index.Index
     _shards: ShardMembers = field(default_factory=ShardMembers, repr=False)
 
     @property
@@ -41,12 +45,18 @@ class ServedIndex:
     def dim(self) -> int:
         return int(self.meta["dim"])
 
-    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Exact top-k of (q, d) float32 unit rows: (q, k') cosines (descending) and (q, k') row ids,
-        k' = min(k, count)."""
+    @property
+    def ann(self) -> dict | None:
+        """The approximate index in use (kind, parameters, measured recall), or None: exact search."""
+        return self.handle.ann
+
+    def search(self, queries: Tensor, k: int, exact: bool = False) -> tuple[Tensor, Tensor]:
+        """Top-k of (q, d) float32 unit rows: (q, k') exact cosines (descending) and (q, k') row ids,
+        k' = min(k, count); candidates from the approximate index unless `exact` or there is none."""
         if self.count == 0:
             return torch.zeros(len(queries), 0), torch.zeros(len(queries), 0, dtype=torch.long)
-        return topk_file(self.path / self.meta["embeddings"], queries, min(k, self.count))
+        cos, rows = self.handle.search(queries, k, exact=exact)
+        return torch.from_numpy(cos), torch.from_numpy(rows)
 
     def items(self, rows: list[int]) -> list[dict]:
         """items.jsonl objects of `rows` ({"path", "caption"?} / {"shard", "key"} / {"text"}, with "id")."""
@@ -89,5 +99,7 @@ def open_indexes(flags: list[str], fingerprint: str, model_path: str) -> dict[st
         if meta is None:
             raise FileNotFoundError(f"--index {flag}: no meta.json in {path}; not an index written by siglip embed")
         check_model(meta, fingerprint, f"--index {name}={path}", f"--model {model_path}")
-        out[name] = ServedIndex(name, path, meta)
+        handle = siglip.index.open(path)
+        handle.approximate()  # load (or refuse, with a warning naming it) the approximate index now
+        out[name] = ServedIndex(name, path, meta, handle)
     return out
