@@ -67,21 +67,28 @@ def manifest_items(path: Path, image_column: str = "", caption_column: str = "")
     return items
 
 
+def scan_shard(shard: str, captions: bool = True) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """One pass over a tar's headers: {key: (byte offset, size)} of its first image member per key
+    (no image is read), and {key: caption} of its .txt members (read) when `captions`."""
+    images, texts = {}, {}
+    with tarfile.open(shard, "r:") as tar:
+        for m in tar:
+            folder, name = os.path.split(m.name)
+            stem, _, ext = name.partition(".")
+            key = os.path.join(folder, stem)
+            if m.isfile() and ext.lower() in IMAGE_EXTS and key not in images:
+                images[key] = (m.offset_data, m.size)
+            elif captions and m.isfile() and ext.lower() == "txt":
+                texts[key] = tar.extractfile(m).read().decode("utf-8", "replace").strip()
+    return images, texts
+
+
 def shard_items(pattern: str) -> list[Item]:
     """Image members of the shards, by tar headers (no image is read); a .txt caption is kept."""
     items = []
     for shard in shard_list(pattern):
         shard = os.path.abspath(shard)
-        images, captions = {}, {}
-        with tarfile.open(shard, "r:") as tar:
-            for m in tar:
-                folder, name = os.path.split(m.name)
-                stem, _, ext = name.partition(".")
-                key = os.path.join(folder, stem)
-                if m.isfile() and ext.lower() in IMAGE_EXTS and key not in images:
-                    images[key] = (m.offset_data, m.size)
-                elif m.isfile() and ext.lower() == "txt":
-                    captions[key] = tar.extractfile(m).read().decode("utf-8", "replace").strip()
+        images, captions = scan_shard(shard)
         for key, (offset, size) in images.items():
             record = {"shard": shard, "key": key} | ({"caption": captions[key]} if key in captions else {})
             items.append(Item(f"{shard}::{key}", record, shard, offset, size))

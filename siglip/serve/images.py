@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
 import re
-import tarfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -21,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from siglip.data.webdataset import IMAGE_EXTS
+from siglip.index.sources import scan_shard
 from siglip.serve.limits import ApiError
 from siglip.transforms import to_rgb
 
@@ -93,23 +91,11 @@ class ShardMembers:
     def read(self, shard: str, key: str) -> bytes:
         with self._lock:
             if shard not in self._members:
-                self._members[shard] = _image_members(shard)
+                self._members[shard] = scan_shard(shard, captions=False)[0]
         offset, size = self._members[shard][key]
         with open(shard, "rb") as f:
             f.seek(offset)
             return f.read(size)
-
-
-def _image_members(shard: str) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
-    with tarfile.open(shard, "r:") as tar:
-        for m in tar:
-            folder, name = os.path.split(m.name)
-            stem, _, ext = name.partition(".")
-            key = os.path.join(folder, stem)
-            if m.isfile() and ext.lower() in IMAGE_EXTS and key not in out:
-                out[key] = (m.offset_data, m.size)
-    return out
 
 
 def thumbnail_jpeg(source: str | Path | bytes, side: int = THUMBNAIL_SIDE) -> bytes:

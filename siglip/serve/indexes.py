@@ -39,11 +39,11 @@ class ServedIndex:
 
     @property
     def count(self) -> int:
-        return int(self.meta["count"])
+        return self.handle.count
 
     @property
     def dim(self) -> int:
-        return int(self.meta["dim"])
+        return self.handle.dim
 
     @property
     def ann(self) -> dict | None:
