@@ -194,7 +194,11 @@ def test_page_static_health_metrics_and_cors(world):
         r = httpx.get(world["url"] + escape, timeout=30)
         assert r.status_code == 404 and "create_app" not in r.text, escape
     health = httpx.get(world["url"] + "/health", timeout=30).json()
-    assert health["status"] == "ok" and health["indexes"]["photos"] == {"kind": "image", "count": 7, "approximate": None}
+    assert health["status"] == "ok" and health["indexes"]["photos"] == {
+        "kind": "image",
+        "count": 7,
+        "approximate": None,
+    }
     metrics = httpx.get(world["url"] + "/metrics", timeout=30)
     assert metrics.headers["content-type"].startswith("text/plain")
     from prometheus_client.parser import text_string_to_metric_families  # Prometheus' own reader
