@@ -88,7 +88,9 @@ def test_plan_under_a_budget():
     assert choose(1_000_000, 768, 4 << 30).kind == "ivf-flat"  # 3 GiB of float32 rows fit in 4 GiB
     p = choose(10_000_000, 768, 2 << 30)
     assert p.kind == "ivf-pq" and estimate_bytes(p, 10_000_000, 768) <= 2 << 30 and 768 % p.m == 0
-    assert 768 // p.m >= 16  # fast (BLAS) encoding at this size
+    assert p.nbits == 4 and 768 // p.m >= 2 and "x4fsr" in p.factory()  # 4-bit fast-scan codes
+    old = Plan.from_json({"kind": "ivf-pq", "nlist": 512, "m": 48, "nprobe": 4, "rerank": 100})  # an older ann.json
+    assert old.nbits == 8 and old.factory() == "IVF512,PQ48np" and old.code_bytes == 48
     assert choose(20_000, 64, 100 << 20, kind="ivf-pq").m > choose(20_000, 64, 400 << 10, kind="ivf-pq").m
     with pytest.raises(ValueError, match="raise --max-memory or shard"):
         choose(10_000_000, 768, 100 << 20)

@@ -7,7 +7,7 @@ and measure its recall against the exact scan.
     siglip index laion.index --tune --target-recall 0.98        # re-tune the existing one, no rebuild
 
 --kind auto chooses from the row count, the dimension and --max-memory: flat under 100k rows, IVF
-with float32 rows when they fit, else IVF with PQ codes (the most bytes a row that fit). It trains on
+with float32 rows when they fit, else IVF with 4-bit PQ codes (the most a row that fit). It trains on
 a sample, then adds the rows in chunks from the memory-mapped embeddings (never all in memory),
 with progress; Ctrl-C saves the work and the same command continues it. Held-out rows (and the
 captions, when the index has them) then query both the approximate and the exact index: the search

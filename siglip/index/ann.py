@@ -50,10 +50,11 @@ def create(plan: Plan, d: int) -> Any:
             ivf.clustering_index = f.index_cpu_to_all_gpus(f.IndexFlatL2(d))
     pq = _ivfpq(index)
     if pq is not None:
-        pq.use_precomputed_table = -1  # the tables cost nlist x m x 1 KiB: most of a small budget
-        pq.do_polysemous_training = False
+        pq.use_precomputed_table = -1  # per-list tables (nlist x m x 2^nbits floats): RAM for little speed
+        if hasattr(pq, "do_polysemous_training"):  # 8-bit codes (indexes built before fast scan)
+            pq.do_polysemous_training = False
         pq.pq.cp.niter = 10
-        pq.pq.cp.max_points_per_centroid = 64  # codebooks from 16k rows: enough for 256 codes a byte
+        pq.pq.cp.max_points_per_centroid = 64  # codebooks from a few thousand rows are plenty
     return index
 
 
@@ -110,7 +111,12 @@ def memory_bytes(index: Any) -> int:
         return int(index.ntotal) * index.d * 4 + graph
     lists = ivf.invlists
     sizes = np.array([lists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
-    return int(sizes.sum()) * (ivf.code_size + 8) + _quantizer_bytes(f, ivf) + _pq_bytes(ivf)
+    inner = f.downcast_index(ivf)
+    if hasattr(inner, "bbs"):  # fast scan: codes packed in blocks of bbs rows, M2 (m rounded up even) codes
+        codes = int((-(-sizes // inner.bbs) * inner.bbs).sum()) * inner.M2 * inner.pq.nbits // 8
+    else:
+        codes = int(sizes.sum()) * ivf.code_size
+    return codes + int(sizes.sum()) * 8 + _quantizer_bytes(f, ivf) + _pq_bytes(ivf)
 
 
 def _quantizer_bytes(f: Any, ivf: Any) -> int:
@@ -120,8 +126,13 @@ def _quantizer_bytes(f: Any, ivf: Any) -> int:
 
 
 def _pq_bytes(ivf: Any) -> int:
-    pq = getattr(faiss().downcast_index(ivf), "pq", None)
-    return pq.centroids.size() * 4 if pq is not None else 0
+    """The codebooks, and per-list distance tables where faiss keeps them."""
+    inner = faiss().downcast_index(ivf)
+    pq = getattr(inner, "pq", None)
+    if pq is None:
+        return 0
+    table = getattr(inner, "precomputed_table", None)
+    return pq.centroids.size() * 4 + (table.size() * 4 if table is not None else 0)
 
 
 def write(index: Any, path: Path) -> int:

@@ -3,12 +3,18 @@ budget (the rule autofaiss follows): no faiss here, only arithmetic.
 
     auto:  count < 100k rows                      -> flat (exact, float32 in RAM)
            IVF with float32 rows fits the budget  -> ivf-flat
-           otherwise                              -> ivf-pq, with the most PQ code bytes per row that fit
+           otherwise                              -> ivf-pq, with the most 4-bit PQ codes per row that fit
 
-Sizes (bytes, n rows of d dims): flat 4dn; ivf-flat (4d + 8)n; ivf-pq (m + 8)n (m one-byte codes and
-an int64 id per row); hnsw (4d + 8M + 16)n; plus the IVF centroids (4d per list). Lists: about
-sqrt(n) / 6, a power of two (fewer than autofaiss's 4 sqrt(n): k-means and assigning every row to its
-list are the cost of building on a few cores; queries then visit more of each list).
+ivf-pq keeps each row as m 4-bit product-quantizer codes of its residual from its list's centroid
+(faiss's "fast scan" layout, `PQ{m}x4fsr`: a list is scanned with SIMD table lookups held in
+registers, several times faster per byte than 8-bit codes, and codes of 2-4 dims encode quickly, so a
+10M-row build stays in minutes). Codes only order candidates: `rerank` x k of them are scored again
+with the exact rows on disk, which is what brings recall back.
+
+Sizes (bytes, n rows of d dims): flat 4dn; ivf-flat (4d + 8)n; ivf-pq (m/2 + 8)n (m 4-bit codes and
+an int64 id per row; lists padded to blocks of 32 rows); hnsw (4d + 8M + 16)n; plus the IVF centroids
+(4d per list). Lists: about sqrt(n) / 2, a power of two (fewer than autofaiss's 4 sqrt(n): assigning
+every row to its list is most of a build on a few cores; queries then visit more of each list).
 Every kind fetches `rerank` x k candidates that the exact rows on disk score again.
 """
 
@@ -31,11 +37,12 @@ class Plan:
 
     kind: str
     nlist: int = 0
-    m: int = 0  # PQ code bytes per row (ivf-pq)
+    m: int = 0  # PQ codes per row (ivf-pq), each of `nbits` bits
     hnsw: int = 0  # graph degree: kind hnsw, or the IVF quantizer when > 0
     train_rows: int = 0
     nprobe: int = 1
     rerank: int = 2  # candidates fetched per result, re-scored with the exact rows
+    nbits: int = 8  # bits per PQ code: 4 (fast scan) in plans made now; 8 in indexes built before
 
     def factory(self) -> str:
         """faiss.index_factory's description string."""
@@ -44,7 +51,14 @@ class Plan:
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw}"
         ivf = f"IVF{self.nlist}" + (f"_HNSW{self.hnsw}" if self.hnsw else "")
-        return f"{ivf},PQ{self.m}np" if self.kind == "ivf-pq" else f"{ivf},Flat"
+        if self.kind != "ivf-pq":
+            return f"{ivf},Flat"
+        return f"{ivf},PQ{self.m}x4fsr" if self.nbits == 4 else f"{ivf},PQ{self.m}np"
+
+    @property
+    def code_bytes(self) -> int:
+        """PQ code bytes per row (ivf-pq)."""
+        return (self.m * self.nbits + 7) // 8
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,33 +95,25 @@ def estimate_bytes(plan: Plan, n: int, d: int) -> int:
         return (4 * d + 8 * plan.hnsw + 16) * n
     if plan.kind == "ivf-flat":
         return (4 * d + 8) * n + centroids
-    return (plan.m + 8) * n + centroids + 256 * 4 * d  # + the PQ codebooks
+    padding = plan.nlist * 31 * plan.code_bytes if plan.nbits == 4 else 0  # lists fill blocks of 32 rows
+    return (plan.code_bytes + 8) * n + padding + centroids + (1 << plan.nbits) * 4 * d  # + the codebooks
 
 
-PQ_MAX = 128  # code bytes per row: more makes each list scan slower for little recall after re-ranking
-FAST_ENCODE_DSUB = 16  # faiss encodes PQ codes with BLAS only from 16 dims a byte; under it, per row (slow)
-SLOW_ENCODE_MAX = 2e8  # rows x dims up to which the slow per-row encoding is still quick (seconds)
-
-
-def pq_sizes(d: int, n: int = 0) -> list[int]:
-    """Code bytes per row faiss's 8-bit PQ allows at dim d (m divides d; at least 2 dims a byte), largest
-    first; for many rows only those with >= 16 dims a byte, which faiss encodes with BLAS (fewer dims a
-    byte encode ~5x slower: a 10M x 768 build would take hours on a few cores)."""
-    sizes = [m for m in range(min(d // 2, PQ_MAX), 0, -1) if d % m == 0]
-    if n * d > SLOW_ENCODE_MAX:
-        sizes = [m for m in sizes if d // m >= FAST_ENCODE_DSUB] or sizes[-1:]
-    return sizes
+def pq_sizes(d: int) -> list[int]:
+    """4-bit PQ codes per row at dim d, most first: m divides d, with at least 2 dims a code (one dim a
+    code would be a 4-bit scalar quantizer at twice the scan)."""
+    return [m for m in range(max(d // 2, 1), 0, -1) if d % m == 0]
 
 
 def _nlist(n: int) -> int:
-    lists = 2 ** round(math.log2(max(math.sqrt(n) / 6, 1)))
+    lists = 2 ** round(math.log2(max(math.sqrt(n) / 2, 1)))
     return max(1, min(lists, n // 39 or 1))
 
 
 def _ivf(kind: str, n: int, d: int, m: int = 0) -> Plan:
     nlist = _nlist(n)
-    plan = Plan(kind, nlist=nlist, m=m)
-    plan.train_rows = min(n, max(TRAIN_PER_LIST * nlist, 256 * 39 if kind == "ivf-pq" else 0), TRAIN_MAX)
+    plan = Plan(kind, nlist=nlist, m=m, nbits=4 if kind == "ivf-pq" else 8)
+    plan.train_rows = min(n, max(TRAIN_PER_LIST * nlist, 16 * 64 if kind == "ivf-pq" else 0), TRAIN_MAX)
     plan.nprobe = max(1, nlist // 64)
     plan.rerank = 10 if kind == "ivf-pq" else 2
     return plan
@@ -127,13 +133,13 @@ def choose(n: int, d: int, max_memory: int, kind: str = "auto") -> Plan:
         return Plan("hnsw", hnsw=32, nprobe=64, rerank=2)
     if kind == "ivf-flat" or (kind == "auto" and fits(_ivf("ivf-flat", n, d))):
         return _ivf("ivf-flat", n, d)
-    sizes = pq_sizes(d, n)
+    sizes = pq_sizes(d)
     for m in sizes:
         plan = _ivf("ivf-pq", n, d, m)
         if fits(plan) or m == sizes[-1] and kind == "ivf-pq":
             return plan
     least = estimate_bytes(_ivf("ivf-pq", n, d, sizes[-1]), n, d)
     raise ValueError(
-        f"--max-memory {fmt_size(max_memory)}: even the smallest codes ({sizes[-1]} bytes a row) need "
+        f"--max-memory {fmt_size(max_memory)}: even the smallest codes ({(sizes[-1] + 1) // 2} bytes a row) need "
         f"{fmt_size(least / BUDGET_USE)} for {n} rows; raise --max-memory or shard the rows"
     )

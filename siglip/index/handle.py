@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import threading
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,17 @@ def rows_fingerprint(rows: np.ndarray, meta: dict) -> str:
         picks = np.unique(np.linspace(0, len(rows) - 1, FINGERPRINT_ROWS + 1).astype(np.int64))
         h.update(np.ascontiguousarray(rows[picks]).tobytes())
     return h.hexdigest()[:20]
+
+
+def map_rows(path: Path) -> np.ndarray:
+    """embeddings-G.npy memory-mapped for reading a few rows at random (re-ranking candidates): the
+    kernel is told not to read ahead. By default a page fault reads ~128 KiB around the row it needs:
+    300 candidates of a 10M-row file not in the page cache took 2.5 s that way, ~30 ms without."""
+    rows = np.load(path, mmap_mode="r")
+    mm = getattr(rows, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+    return rows
 
 
 def as_queries(vectors: np.ndarray | Tensor, d: int) -> Tensor:
@@ -91,7 +103,7 @@ class Index:
         if meta is None:
             raise FileNotFoundError(f"{self.path}: no meta.json; not an index written by siglip embed")
         self.meta: dict = meta
-        self.rows: np.ndarray = np.load(self.path / meta["embeddings"], mmap_mode="r")  # (count, dim)
+        self.rows: np.ndarray = map_rows(self.path / meta["embeddings"])  # (count, dim)
         self._lock = threading.Lock()
         self._loaded = False
         self._ann: tuple[Any, Plan, dict] | None = None

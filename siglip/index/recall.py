@@ -82,7 +82,7 @@ def tune(
     Returns the plan and that bound (the best found when none reaches the target)."""
     k = min(10, truth.shape[1])
     best: tuple[float, Plan] = (-1.0, plan)
-    reranks = [plan.rerank] + ([plan.rerank * 3, plan.rerank * 10] if plan.kind == "ivf-pq" else [])
+    reranks = [plan.rerank] + ([plan.rerank * f for f in (3, 10, 30)] if plan.kind == "ivf-pq" else [])
     for rerank in reranks:
         last = -1.0
         for effort in _ladder(plan):
