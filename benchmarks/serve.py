@@ -304,7 +304,7 @@ def table(results: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="B/16")
     p.add_argument("--image-size", type=int, default=224)
@@ -319,31 +319,10 @@ def main() -> None:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds a server may take to start")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/siglip_bench_serve"))
     p.add_argument("--json", action="store_true", help="print every cell as one JSON document at the end")
-    args = p.parse_args()
-    clients = [int(c) for c in args.clients.split(",")]
-    ours, hf = prepare(args.workdir, args.variant, args.image_size)
-    data = inputs()
-    print(f"the model alone, batch {args.max_batch} vs batch 1 ...", flush=True)
-    bound = ceiling(ours, data["text"], args.max_batch, args.threads, args.device)
-    print(f"starting 3 servers on {ours.name} (infinity on {hf.name}) ...", flush=True)
-    servers, why_not = start_servers(args, ours, hf)
-    results = []
-    try:
-        agree = agreement(servers, data) if len(servers) == 3 else {}
-        print("warming up ...", flush=True)
-        warm_up(servers, data, args.modalities.split(","), args.max_batch)
-        for kind in args.modalities.split(","):
-            for c in clients:
-                for s in servers:
-                    r = asyncio.run(cell(s, kind, data[kind], c, args.seconds))
-                    results.append(r)
-                    err = f"  errors {r['errors']}" if r["errors"] else ""
-                    print(f"  {s.name:>13} {kind:<5} {c:>3} clients: {r['rps']:6.1f} req/s  p50 {r['p50_ms']:6.0f} ms"
-                          f"  p99 {r['p99_ms']:6.0f} ms  ({r['requests']} answers){err}", flush=True)  # fmt: skip
-    finally:
-        for s in servers:
-            s.stop()
-    names = [s.name for s in servers]
+    return p.parse_args()
+
+
+def report(args: argparse.Namespace, results: list[dict], names: list[str], why_not: str, agree: dict, bound: dict):
     print(f"\n{args.variant} at {args.image_size} px, random weights, {args.device}, {args.threads} threads per server, "
           f"{args.seconds:.0f} s per cell, one input per request, max batch {args.max_batch}")  # fmt: skip
     print(table(results, names))
@@ -361,11 +340,36 @@ def main() -> None:
     for kind, cos in agree.items():
         print(f"same weights: cosine(siglip, infinity) of one {kind} = {cos:.5f}")
     if args.json:
-        print(
-            json.dumps(
-                {"results": results, "infinity": why_not or "ran", "agreement": agree, "ceiling": bound}, indent=1
-            )
-        )
+        doc = {"results": results, "infinity": why_not or "ran", "agreement": agree, "ceiling": bound}
+        print(json.dumps(doc, indent=1))
+
+
+def main() -> None:
+    args = parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    ours, hf = prepare(args.workdir, args.variant, args.image_size)
+    data = inputs()
+    print(f"the model alone, batch {args.max_batch} vs batch 1 ...", flush=True)
+    bound = ceiling(ours, data["text"], args.max_batch, args.threads, args.device)
+    print(f"starting 3 servers on {ours.name} (infinity on {hf.name}) ...", flush=True)
+    servers, why_not = start_servers(args, ours, hf)
+    results, agree = [], {}
+    try:
+        agree = agreement(servers, data) if len(servers) == 3 else {}
+        print("warming up ...", flush=True)
+        warm_up(servers, data, args.modalities.split(","), args.max_batch)
+        for kind in args.modalities.split(","):
+            for c in clients:
+                for s in servers:
+                    r = asyncio.run(cell(s, kind, data[kind], c, args.seconds))
+                    results.append(r)
+                    err = f"  errors {r['errors']}" if r["errors"] else ""
+                    print(f"  {s.name:>13} {kind:<5} {c:>3} clients: {r['rps']:6.1f} req/s  p50 {r['p50_ms']:6.0f} ms"
+                          f"  p99 {r['p99_ms']:6.0f} ms  ({r['requests']} answers){err}", flush=True)  # fmt: skip
+    finally:
+        for s in servers:
+            s.stop()
+    report(args, results, [s.name for s in servers], why_not, agree, bound)
 
 
 if __name__ == "__main__":
