@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -41,4 +43,14 @@ def tiny_config():
 def write_image(path: Path, color=(200, 30, 30), size=(20, 14)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path)
+    return path
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    """A tar (a WebDataset shard) holding `members` (name -> bytes) as regular files, in that order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return path

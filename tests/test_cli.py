@@ -2,12 +2,10 @@
 manifest, shards, texts), search (against brute force, fingerprint check, --json, --html), classify,
 score, the help texts, and 2 torchrun processes building the same index as one."""
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from siglip.cli import COMMANDS, main
 from siglip.config import ModelConfig
 from siglip.index import read_items, read_meta, topk_file, topk_rows
 from siglip.model import SigLIP
-from tests.conftest import REPO, write_image
+from tests.conftest import REPO, write_image, write_tar
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (20, 40, 230), (240, 240, 20), (20, 220, 220), (200, 20, 200)]
 
@@ -159,12 +157,10 @@ def test_manifest_shards_and_texts(world, capsys):
     tmp, model_path = world
     pngs = sorted((tmp / "photos").rglob("*.png"))[:4]
     (tmp / "pairs.csv").write_text("image,caption\n" + "".join(f"{p},photo {i}\n" for i, p in enumerate(pngs)))
-    with tarfile.open(tmp / "shard-0.tar", "w") as tar:
-        for i, p in enumerate(pngs):
-            for name, data in ((f"{i:04d}.png", p.read_bytes()), (f"{i:04d}.txt", f"photo {i}".encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    members = {}
+    for i, p in enumerate(pngs):
+        members |= {f"{i:04d}.png": p.read_bytes(), f"{i:04d}.txt": f"photo {i}".encode()}
+    write_tar(tmp / "shard-0.tar", members)
     (tmp / "texts.txt").write_text("a red square\n\na blue circle\n")
     embed(tmp / "pairs.csv", "--model", model_path, "--out", tmp / "m_idx")
     embed(tmp / "shard-{0..0}.tar", "--model", model_path, "--out", tmp / "s_idx")

@@ -5,7 +5,6 @@ webdataset shard read by offset; a text item has none)."""
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import siglip
 from siglip.cli import main
 from siglip.config import ModelConfig
 from siglip.model import SigLIP
-from tests.conftest import write_image
+from tests.conftest import write_image, write_tar
 
 pytest.importorskip("fastapi")
 
@@ -34,12 +33,10 @@ def indexes(tmp_path_factory, tokenizer):
     net = SigLIP(ModelConfig.from_variant("mu/4", image_size=16, text_length=8, vocab_size=tokenizer.vocab_size))
     siglip.save_model(tmp / "m.pt", net, tokenizer, "bicubic")
     pngs = [write_image(tmp / "photos" / f"{i}.png", c, (20 + 10 * i, 16)) for i, c in enumerate(COLOURS)]
-    with tarfile.open(tmp / "shard-0.tar", "w") as tar:
-        for i, p in enumerate(pngs):
-            for name, data in ((f"k{i}.png", p.read_bytes()), (f"k{i}.txt", f"photo {i}".encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    members = {}
+    for i, p in enumerate(pngs):
+        members |= {f"k{i}.png": p.read_bytes(), f"k{i}.txt": f"photo {i}".encode()}
+    write_tar(tmp / "shard-0.tar", members)
     (tmp / "texts.txt").write_text("a red square\na blue circle\n")
     common = ["--model", str(tmp / "m.pt"), "--workers", "0"]
     assert main(["embed", str(tmp / "photos"), "--out", str(tmp / "photos.index"), *common]) == 0
