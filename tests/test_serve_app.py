@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 
 from siglip.serve.app import create_app  # noqa: E402
-from siglip.serve.limits import sign  # noqa: E402
+from siglip.serve.images import url_signature  # noqa: E402
 from siglip.serve.state import ServerState, Settings  # noqa: E402
 
 
@@ -28,8 +28,10 @@ def test_public_url_signature_and_no_index(tmp_path, tokenizer):
     settings = Settings(api_key="k", public_url="https://search.example.org/")
     state = ServerState.build(model, {}, settings, max_batch=4, max_wait_ms=0, max_queue=4)
     local = Request({"type": "http", "headers": [], "server": ("127.0.0.1", 8000), "path": "/", "scheme": "http"})
-    url = state.thumbnail_url(local, "a b", 3)  # not the request's own host: the public one
-    assert url == f"https://search.example.org/items/a%20b/3/thumbnail?sig={sign('k', 'a b', 3)}"
+    url = state.thumbnail_url(local, "a b", 3, "2-abc")  # not the request's own host: the public one
+    exp = url.rsplit("exp=", 1)[1]
+    sig = url_signature("k", "a b", 3, "2-abc", exp)
+    assert url == f"https://search.example.org/items/a%20b/3/thumbnail?sig={sig}&g=2-abc&exp={exp}"
     key = {"Authorization": "Bearer k"}
     with TestClient(create_app(state)) as client:
         r = client.post("/v1/embeddings", json={"input": "a cat"}, headers=key)

@@ -18,13 +18,13 @@ embeds its share (on its own GPU where there is one) and process 0 merges them i
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from siglip.cli.common import add_model_arguments, load_model, print_json
 from siglip.distributed import barrier, close_runtime, init_runtime
 from siglip.index.build import EmbedOptions, embed_items
 from siglip.index.sources import list_items
+from siglip.index.store import mark_replace
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _clear(index: Path) -> None:
-    for p in index.glob("*"):
-        if p.name == "parts" or p.name == "meta.json" or p.name.startswith(("embeddings-", "items-")):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    """--overwrite: the next commit replaces the items; until then the index stays as it is (a server
+    serving it keeps answering from it, then switches to the new set at once)."""
+    mark_replace(index)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-body", type=parse_size, default="20MB", help="largest request body (413 above)")
     g.add_argument("--max-pixels", type=int, default=40_000_000, help="largest uploaded image, width x height")
     g.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before 503 + Retry-After")
+    g.add_argument("--url-ttl", type=int, default=3600, help="seconds a thumbnail URL works (then 410); default 1 hour")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=32, help="inputs per model call (1: no batching)")
     g.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others")
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_concurrent=args.max_concurrent,
         public_url=args.public_url,
+        url_ttl_s=args.url_ttl,
         cors=args.cors,
     )
     batching = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)

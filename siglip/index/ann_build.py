@@ -168,7 +168,8 @@ def commit(index: Path, meta: dict, rows: np.ndarray, fi: Any, desc: dict) -> di
     crc = ann.write(fi, index / name)
     desc = {
         **desc, "format": ANN_FORMAT, "version": 1, "file": name, "crc32": crc,
-        "generation": meta.get("generation"), "rows": meta["count"], "rows_fingerprint": rows_fingerprint(rows, meta),
+        "generation": meta.get("generation"), "uid": meta.get("uid"), "rows": meta["count"],
+        "rows_fingerprint": rows_fingerprint(rows, meta),
         "memory_bytes": ann.memory_bytes(fi),
     }  # fmt: skip
     _write_json(index / ANN_JSON, desc)

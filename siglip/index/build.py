@@ -26,7 +26,7 @@ from siglip.api import Model
 from siglip.distributed import Runtime, barrier
 from siglip.index.ann_update import follow_append
 from siglip.index.sources import Item
-from siglip.index.store import check_model, consolidate, done_keys, read_meta, read_parts, write_part
+from siglip.index.store import check_model, consolidate, done_keys, read_meta, read_parts, replacing, write_part
 from siglip.naflex import stack_images
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
     Every process of `rt` calls this with the same items; process 0 writes meta.json."""
     index = Path(index)
     index.mkdir(parents=True, exist_ok=True)
-    meta = read_meta(index)
+    meta = None if replacing(index) else read_meta(index)  # --overwrite: the items so far do not count
     if meta is not None:
         check_model(meta, model.fingerprint, index)
         if meta.get("kind") != opts.kind:
@@ -167,7 +167,7 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
             "kind": opts.kind, "model": os.path.abspath(model.path), "fingerprint": model.fingerprint, "dim": model.dim,
             "dtype": opts.store_dtype, "source": opts.source,
         }  # fmt: skip
-        old = meta
+        old = meta  # None when replacing: the approximate index then stays with the replaced generation (stale)
         meta = consolidate(index, run, {it.key: i for i, it in enumerate(items)})
         follow_append(index, old, meta)  # the approximate index, if any, takes the new rows (or is stale)
     barrier(rt)

@@ -11,7 +11,9 @@ exact: the same rows and cosines as a float32 full matmul and a sort.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -20,15 +22,22 @@ from torch import Tensor
 CHUNK_ROWS = 1 << 16  # 64k rows x 768 x fp16 = 96 MiB per read (+ the same in float32 while scoring)
 
 
-def npy_layout(path: str | Path) -> tuple[int, tuple[int, ...], np.dtype]:
-    """(data offset in bytes, shape, dtype) of a C-order .npy file."""
+def npy_layout(path: str | Path | BinaryIO) -> tuple[int, tuple[int, ...], np.dtype]:
+    """(data offset in bytes, shape, dtype) of a C-order .npy file (a path, or the file open)."""
+    if not isinstance(path, (str, Path)):
+        path.seek(0)
+        return _read_layout(path, getattr(path, "name", "rows"))
     with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if fortran:
-            raise ValueError(f"{path}: Fortran-ordered array; an index is written in C order")
-        return f.tell(), shape, dtype
+        return _read_layout(f, path)
+
+
+def _read_layout(f: BinaryIO, name: Any) -> tuple[int, tuple[int, ...], np.dtype]:
+    major, _ = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    if fortran:
+        raise ValueError(f"{name}: Fortran-ordered array; an index is written in C order")
+    return f.tell(), shape, dtype
 
 
 FP16_TOL = 4e-3  # > the error of a float16 score: half an ulp of the result plus the query's rounding
@@ -87,21 +96,40 @@ def topk_file(
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k of `queries` (q, d) float32 unit rows against the .npy rows file at `path`:
     (q, k) cosines (descending) and (q, k) row ids. Reads `chunk_rows` rows at a time into one buffer."""
-    offset, shape, dtype = npy_layout(path)
+    with open(path, "rb", buffering=0) as f:
+        return topk_fd(f.fileno(), npy_layout(path), queries, k, chunk_rows, progress, path)
+
+
+def _pread_into(fd: int, out: memoryview, at: int) -> int:
+    """Fill `out` from byte `at` of `fd` (short only at the end of the file); bytes read."""
+    got = 0
+    while got < len(out):
+        n = os.preadv(fd, [out[got:]], at + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def topk_fd(
+    fd: int, layout: tuple, queries: Tensor, k: int, chunk_rows: int = CHUNK_ROWS, progress=None, name: Any = "rows"
+) -> tuple[Tensor, Tensor]:
+    """`topk_file` on an open rows file (`fd`, its `npy_layout`): positioned reads (pread), so threads
+    may share the fd, and a reader keeps scanning the file it opened after a writer replaced the name."""
+    offset, shape, dtype = layout
     n, d = shape
     if queries.shape[-1] != d:
-        raise ValueError(f"{path}: rows have dim {d}, the query has {queries.shape[-1]} (another model?)")
+        raise ValueError(f"{name}: rows have dim {d}, the query has {queries.shape[-1]} (another model?)")
     q = queries.float().reshape(-1, d)
     best: list = [None] * len(q)
     buf = np.empty((min(chunk_rows, max(n, 1)), d), dtype=dtype)
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        for s in range(0, n, chunk_rows):
-            view = buf[: min(chunk_rows, n - s)]
-            if f.readinto(memoryview(view).cast("B")) != view.nbytes:
-                raise ValueError(f"{path}: truncated at row {s} (expected {n} rows)")
-            for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k, _floors(best, k))):
-                best[j] = _merge(best[j], sc, ids + s, k)
-            if progress is not None:
-                progress(len(view))
+    row_bytes = d * np.dtype(dtype).itemsize
+    for s in range(0, n, chunk_rows):
+        view = buf[: min(chunk_rows, n - s)]
+        if _pread_into(fd, memoryview(view).cast("B"), offset + s * row_bytes) != view.nbytes:
+            raise ValueError(f"{name}: truncated at row {s} (expected {n} rows)")
+        for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k, _floors(best, k))):
+            best[j] = _merge(best[j], sc, ids + s, k)
+        if progress is not None:
+            progress(len(view))
     return _stack(best, len(q))

@@ -13,6 +13,13 @@ dtype, count, embeddings / items / offsets (the current files), skipped ([{key, 
 A run writes parts (one per unit of work, from any number of processes), then one process merges
 them (`consolidate`) into generation G+1 and commits meta.json; the old generation and the merged
 parts are deleted after the commit. A run that stops early leaves parts that the next run keeps.
+`siglip embed --overwrite` marks parts/ (REPLACE): its commit is generation G+1 holding only the new
+items, so a generation's number, and its files' names, are never used twice in one folder; "uid"
+(random, new at every commit) tells generations apart in indexes written before that rule.
+
+Readers (`siglip.index.generation`) open a generation's files and keep them open, so deleting them
+after a commit is safe on POSIX: the name goes, the data stays until the last reader closes it
+(unlink-while-open). A reader that finds a name gone reads meta.json again and opens the newer one.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +39,8 @@ from siglip.checkpoint import write_atomically
 
 FORMAT, VERSION = "siglip-index", 1
 ROWS_PER_COPY = 1 << 16
+REPLACE = "REPLACE"  # parts/REPLACE: the parts replace the index's items (--overwrite) instead of adding to them
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -44,9 +55,19 @@ def read_meta(index: str | Path) -> dict | None:
     path = Path(index) / "meta.json"
     if not path.is_file():
         return None
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a siglip index (format {meta.get('format')!r})")
+    return parse_meta(path.read_bytes(), path)
+
+
+def parse_meta(raw: bytes, path: Path) -> dict:
+    """meta.json's bytes -> its dict; a ValueError naming `path` when it is not an index's meta.json."""
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: damaged ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: not a siglip index (format {meta.get('format') if isinstance(meta, dict) else meta!r})"
+        )
     return meta
 
 
@@ -154,19 +175,44 @@ def _write_items(index: Path, names: dict, old: dict | None, parts: list, count:
     atomic_npy(index / names["offsets"], offsets)
 
 
+def mark_replace(index: Path) -> None:
+    """`siglip embed --overwrite`: drop unmerged parts and mark the next commit as replacing the items
+    (the current generation stays readable, and served, until that commit)."""
+    parts = index / "parts"
+    if parts.is_dir():
+        for p in parts.iterdir():
+            p.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write(parts / REPLACE, b"the next commit replaces the index's items (siglip embed --overwrite)\n")
+
+
+def replacing(index: Path) -> bool:
+    return (index / "parts" / REPLACE).is_file()
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a replaced file; readers that hold it open keep its data (POSIX). Where the system refuses
+    (a file open on Windows), it stays, with a warning: a later commit does not need it."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("%s: not deleted (%s); it belongs to a replaced generation and can be deleted", path, e)
+
+
 def consolidate(index: Path, meta: dict, order: dict[str, int]) -> dict:
     """Merge committed parts after the current rows (new rows in `order`: key -> position in the
     source listing), commit the new meta.json, delete what it replaced. Returns the new meta.
     `meta` holds the run's model, fingerprint, dim, dtype, kind and source (an existing index keeps
-    its dtype)."""
-    old, parts = read_meta(index), read_parts(index)
+    its dtype). With parts/REPLACE the new generation holds the parts' rows only."""
+    current, parts, replace = read_meta(index), read_parts(index), replacing(index)
+    old = None if replace else current
     if old is not None and not parts:
         return old  # nothing new: no rewrite
     for _, body in parts:
         check_model({**meta, "fingerprint": body["fingerprint"]}, meta["fingerprint"], index / "parts", "this run")
     parts.sort(key=lambda p: min((order.get(k, len(order)) for k in p[1]["keys"]), default=len(order)))
     meta = {**meta, "dtype": old["dtype"]} if old else meta
-    gen = int(old.get("generation", 0)) + 1 if old else 1
+    gen = int(current.get("generation", 0)) + 1 if current else 1  # never a number (a file name) used before
     names = {
         "embeddings": f"embeddings-{gen}.npy",
         "items": f"items-{gen}.jsonl",
@@ -178,14 +224,15 @@ def consolidate(index: Path, meta: dict, order: dict[str, int]) -> dict:
     _write_items(index, names, old, parts, count)
     skipped = (old or {}).get("skipped", []) + [s for _, b in parts for s in b["skipped"]]
     new = {**(old or {}), **meta, "format": FORMAT, "version": VERSION, "generation": gen, "count": count}
-    new.update(names, skipped=skipped)
+    new.update(names, skipped=skipped, uid=secrets.token_hex(8))
     write_meta(index, new)  # the commit
     for k in ("embeddings", "items", "offsets"):
-        if old and old[k] != new[k]:
-            (index / old[k]).unlink(missing_ok=True)
+        if current and current.get(k) and current[k] != new[k]:
+            remove_quietly(index / current[k])
     for npy, _ in parts:
-        npy.unlink(missing_ok=True)
-        npy.with_suffix(".json").unlink(missing_ok=True)
+        remove_quietly(npy)
+        remove_quietly(npy.with_suffix(".json"))
+    remove_quietly(index / "parts" / REPLACE)
     return new
 
 

@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from siglip.api import DEFAULT_TEMPLATES
 from siglip.serve import fields
-from siglip.serve.images import ThumbnailCache, thumbnail_jpeg
-from siglip.serve.indexes import ServedIndex
-from siglip.serve.limits import ApiError, check_bearer, check_signature
+from siglip.serve.images import ThumbnailCache, check_generation, check_thumbnail_url, thumbnail_jpeg
+from siglip.serve.indexes import IndexView
+from siglip.serve.limits import ApiError, check_bearer
 from siglip.serve.state import ServerState
 
 MAX_TEMPLATES = 128
@@ -99,9 +99,9 @@ def item_fields(item: dict) -> dict:
 
 
 async def search_index(
-    ix: ServedIndex, q: torch.Tensor, k: int, exact: bool = False
+    ix: IndexView, q: torch.Tensor, k: int, exact: bool = False
 ) -> tuple[list[float], list[int], list[dict]]:
-    """Top-k cosines, rows and items of one (1, d) query, off the event loop."""
+    """Top-k cosines, rows and items of one (1, d) query, off the event loop, from one generation."""
     cos, rows = await run_in_threadpool(ix.search, q, k, exact)
     rows_l = rows[0].tolist()
     items = await run_in_threadpool(ix.items, rows_l)
@@ -116,13 +116,14 @@ async def search(request: Request) -> Response:
     k = fields.integer(body, "k", 10, 1, s.settings.max_k)
     exact = fields.boolean(body, "exact", False)
     q = await query_vector(s, body, "text", "image", "vector")
+    ix = ix.view()  # one generation for the rows, their items and the thumbnail URLs
     cos, rows, items = await search_index(ix, q, k, exact)
     logits = s.model.from_cosine(torch.tensor(cos))  # (k,) t * cos + b
     hits = []
     for row, c, z, p, item in zip(rows, cos, logits.tolist(), torch.sigmoid(logits).tolist(), items):
         hit = {"row": row, **item_fields(item), "score": p, "logit": z, "cosine": c}
         if ix.kind == "image":
-            hit["thumbnail"] = s.thumbnail_url(request, ix.name, row)
+            hit["thumbnail"] = s.thumbnail_url(request, ix.name, row, ix.tag)
         hits.append(hit)
     return await fields.json_response({"index": ix.name, "k": k, "hits": hits})
 
@@ -178,23 +179,27 @@ async def score(request: Request) -> dict:
 @open_router.get("/items/{index}/{row}/thumbnail")
 async def thumbnail(request: Request, index: str, row: str) -> Response:
     s = state_of(request)
-    check_signature(request, s.settings.api_key, index, row)  # before anything about the index is told
+    check_thumbnail_url(request, s.settings.api_key, index, row)  # before anything about the index is told
     if index not in s.indexes:
         raise ApiError(404, f"index: no index {index!r}; this server has {sorted(s.indexes)}")
-    ix = s.indexes[index]
+    ix = s.indexes[index].view()
+    check_generation(request, index, ix.tag)  # 410, never the item that row holds in another generation
     n = int(row) if row.isascii() and row.isdigit() and len(row) <= 18 else -1  # not "²", not 5000 digits
     if not 0 <= n < ix.count:
         raise ApiError(404, f"row: {row[:40]!r} is not a row of index {index!r} (0 to {ix.count - 1})")
     cache: ThumbnailCache = request.app.state.thumbnails
-    jpeg = cache.get((index, n))
+    jpeg = cache.get((index, ix.tag, n))
     if jpeg is None:
         jpeg = await s.batcher.decode(_make_thumbnail, ix, n)
-        cache.put((index, n), jpeg)
+        cache.put((index, ix.tag, n), jpeg)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _make_thumbnail(ix: ServedIndex, row: int) -> bytes:
-    source = ix.image_source(row)
+def _make_thumbnail(ix: IndexView, row: int) -> bytes:
+    try:
+        source = ix.image_source(row)
+    except (OSError, KeyError) as e:  # its shard (or the member) is gone since it was indexed
+        raise ApiError(404, f"row: the image of item {row} of index {ix.name!r} cannot be read ({e!r})") from e
     if source is None:
         raise ApiError(404, f"row: item {row} of index {ix.name!r} is a text; it has no image")
     try:

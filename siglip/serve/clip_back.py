@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from siglip.serve import fields
 from siglip.serve.api import item_fields, query_vector, require_key, search_index, state_of
-from siglip.serve.indexes import ServedIndex
+from siglip.serve.indexes import IndexView
 from siglip.serve.limits import ApiError
 from siglip.serve.state import ServerState
 
@@ -37,12 +37,12 @@ async def indices_list(request: Request) -> list[str]:
     return list(state_of(request).indexes)
 
 
-def metadata_of(s: ServerState, request: Request, ix: ServedIndex, row: int, item: dict) -> dict:
+def metadata_of(s: ServerState, request: Request, ix: IndexView, row: int, item: dict) -> dict:
     """clip-retrieval's metadata columns for one item: caption (or the text), url (our thumbnail)."""
     meta = item_fields(item)
     out = {"caption": meta.get("caption", meta.get("text", ""))}
     if ix.kind == "image":
-        out["url"] = s.thumbnail_url(request, ix.name, row)
+        out["url"] = s.thumbnail_url(request, ix.name, row, ix.tag)
     return out
 
 
@@ -59,6 +59,7 @@ async def knn_service(request: Request) -> list[dict]:
     num_images = fields.integer(body, "num_images", 40, 1, s.settings.max_k)
     num_ids = fields.integer(body, "num_result_ids", num_images, 1, s.settings.max_k)
     q = await query_vector(s, body, "text", "image", "embedding_input", first=True)
+    ix = ix.view()  # one generation for the rows, their items and the thumbnail URLs
     cos, rows, items = await search_index(ix, q, max(num_ids, num_images))
     out = []
     for i, (row, c, item) in enumerate(zip(rows, cos, items)):
@@ -76,7 +77,7 @@ async def metadata(request: Request) -> list[dict]:
         raise ApiError(400, f"ids: expected an array of row numbers, got {type(ids).__name__}")
     if not ids:
         return []
-    ix = s.index(body.get("indice_name"), "indice_name")
+    ix = s.index(body.get("indice_name"), "indice_name").view()
     if len(ids) > s.settings.max_k:
         raise ApiError(400, f"ids: {len(ids)} ids, over the limit of {s.settings.max_k}")
     for i, row in enumerate(ids):

@@ -4,15 +4,25 @@ An uploaded image is opened lazily: PIL reads the header, and the pixel count is
 limit before any pixel is decoded, so a decompression bomb (a 30,000 x 30,000 PNG is ~100 kB) costs
 a header read and is refused with 400. Decoding runs in the caller's worker thread, never on the
 event loop.
+
+A thumbnail URL names the index's generation and when it expires:
+`/items/{index}/{row}/thumbnail?sig=S&g=G&exp=E` (`sig`, an HMAC of all four under the API key, only
+when the server has one). A URL of another generation (the index was appended to or rewritten since)
+or past `exp` (--url-ttl) answers 410, so an old URL never shows another item's image.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import io
+import os
 import re
+import secrets
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -20,11 +30,13 @@ from pathlib import Path
 from PIL import Image
 
 from siglip.index.sources import scan_shard
-from siglip.serve.limits import ApiError
+from siglip.serve.limits import ApiError, check_bearer
 from siglip.transforms import to_rgb
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 THUMBNAIL_SIDE = 256
+URL_TTL_S = 3600  # --url-ttl: how long a thumbnail URL handed out works
+SHARDS_HELD = 32  # shards whose member table (~100 B per member) ShardMembers keeps
 
 
 def is_image_data_url(value: str) -> bool:
@@ -82,20 +94,36 @@ def decode_image(value: str, field: str, max_pixels: int) -> Image.Image:
 
 
 class ShardMembers:
-    """Byte ranges of image members in webdataset shards, read from the tar headers once per shard."""
+    """Byte ranges of image members in webdataset shards, read from the tar headers once per shard
+    (and again when the shard file changes); the tables of the last `size` shards used are kept."""
 
-    def __init__(self):
-        self._members: dict[str, dict[str, tuple[int, int]]] = {}
+    def __init__(self, size: int = SHARDS_HELD):
+        self.size = size
+        self._members: OrderedDict[tuple, dict[str, tuple[int, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, shard: str, key: str) -> bytes:
-        with self._lock:
-            if shard not in self._members:
-                self._members[shard] = scan_shard(shard, captions=False)[0]
-        offset, size = self._members[shard][key]
+        """The bytes of member `key` of `shard`; OSError when the shard is gone, KeyError when it has
+        no such member."""
         with open(shard, "rb") as f:
+            st = os.fstat(f.fileno())
+            ident = (shard, st.st_ino, st.st_mtime_ns, st.st_size)  # a rewritten shard is read again
+            with self._lock:
+                members = self._members.get(ident)
+                if members is not None:
+                    self._members.move_to_end(ident)
+            if members is None:
+                members = scan_shard(shard, captions=False)[0]
+                with self._lock:
+                    self._members[ident] = members
+                    while len(self._members) > self.size:
+                        self._members.popitem(last=False)
+            offset, size = members[key]
             f.seek(offset)
             return f.read(size)
+
+    def __len__(self) -> int:
+        return len(self._members)
 
 
 def thumbnail_jpeg(source: str | Path | bytes, side: int = THUMBNAIL_SIDE) -> bytes:
@@ -118,12 +146,56 @@ class ThumbnailCache:
     def __init__(self, size: int = 512):
         self.size, self.items = size, OrderedDict()
 
-    def get(self, key: tuple[str, int]) -> bytes | None:
+    def get(self, key: tuple) -> bytes | None:
         if key in self.items:
             self.items.move_to_end(key)
         return self.items.get(key)
 
-    def put(self, key: tuple[str, int], value: bytes) -> None:
+    def put(self, key: tuple, value: bytes) -> None:
         self.items[key] = value
         while len(self.items) > self.size:
             self.items.popitem(last=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# thumbnail URLs: signed, of one generation, expiring
+
+
+def url_signature(api_key: str, index: str, row: int | str, generation: str, expires: str) -> str:
+    """The `sig` of a thumbnail URL: HMAC-SHA256 of "index/row/generation/expires" under the key (32 hex)."""
+    msg = f"{index}/{row}/{generation}/{expires}".encode()
+    return hmac.new(api_key.encode(), msg, hashlib.sha256).hexdigest()[:32]
+
+
+def thumbnail_query(api_key: str, index: str, row: int, generation: str, ttl_s: float, now: float | None = None) -> str:
+    """The query string of a thumbnail URL: `sig` (with a key), `g` (the generation), `exp` (unix seconds)."""
+    expires = str(int((time.time() if now is None else now) + ttl_s))
+    sig = f"sig={url_signature(api_key, index, row, generation, expires)}&" if api_key else ""
+    return f"{sig}g={generation}&exp={expires}"
+
+
+def check_thumbnail_url(request, api_key: str, index: str, row: str, now: float | None = None) -> None:
+    """Before anything about the index is told: with a key, a valid `sig` (403 if forged) or the Bearer
+    header (401 without either); then 410 past `exp`. The generation is checked by the route."""
+    params = request.query_params
+    g, exp = params.get("g", ""), params.get("exp", "")
+    if api_key:
+        sig = params.get("sig")
+        if sig is None:
+            check_bearer(request, api_key)
+        elif not secrets.compare_digest(sig.encode(), url_signature(api_key, index, row, g, exp).encode()):
+            raise ApiError(403, "query parameter sig: not a valid signature for this thumbnail")
+    if exp and not (exp.isascii() and exp.isdigit() and len(exp) <= 12):
+        raise ApiError(400, f"query parameter exp: {exp[:20]!r} is not a time (unix seconds)")
+    if exp and int(exp) < (time.time() if now is None else now):
+        raise ApiError(410, "this thumbnail URL has expired (--url-ttl); search again for a fresh one")
+
+
+def check_generation(request, index: str, tag: str) -> None:
+    """410 when the URL names another generation of the index than the one served now."""
+    g = request.query_params.get("g")
+    if g is not None and g != tag:
+        raise ApiError(
+            410, f"index {index!r} has changed since this thumbnail URL was made (generation {g[:24]!r}, now "
+            f"{tag!r}); search again for a fresh one",
+        )  # fmt: skip

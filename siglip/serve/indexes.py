@@ -6,6 +6,11 @@ usable one). Search goes through it: approximate candidates re-ranked with the e
 there is an approximate index, else the exact chunked scan through the page cache (the process
 never holds the whole index); a request can ask for the exact scan. Items come from items.jsonl by
 byte offset.
+
+An index may change while served (`siglip embed` appends, or rewrites it with --overwrite; `siglip
+index` builds its approximate index). A route takes one `IndexView` per request (`ServedIndex.view`):
+one generation, whose rows, items and approximate index all agree, held open until the request is
+done even if a writer deletes its files meanwhile. The next request sees the newest generation.
 """
 
 from __future__ import annotations
@@ -18,24 +23,84 @@ import torch
 from torch import Tensor
 
 import siglip.index
-from siglip.index import check_model, read_items, read_meta
+from siglip.index import check_model, read_meta
+from siglip.index.generation import Generation
 from siglip.serve.images import ShardMembers
 
 
-@dataclass
-class ServedIndex:
-    """One index: `name` (as clients select it), `path`, `meta` (its meta.json), read-only."""
+@dataclass(frozen=True)
+class IndexView:
+    """One served index at one generation: what a request reads, all of it from `gen`."""
 
-    name: str
-    path: Path
-    meta: dict
-    handle: siglip.index.Index
-    _shards: ShardMembers = field(default_factory=ShardMembers, repr=False)
+    served: ServedIndex
+    gen: Generation
+
+    @property
+    def name(self) -> str:
+        return self.served.name
 
     @property
     def kind(self) -> str:
         """ "image" or "text": what the rows embed."""
-        return self.meta.get("kind", "image")
+        return self.gen.meta.get("kind", "image")
+
+    @property
+    def count(self) -> int:
+        return self.gen.count
+
+    @property
+    def tag(self) -> str:
+        """The generation's name in thumbnail URLs ("G-hash")."""
+        return self.gen.tag
+
+    def search(self, queries: Tensor, k: int, exact: bool = False) -> tuple[Tensor, Tensor]:
+        """Top-k of (q, d) float32 unit rows: (q, k') exact cosines (descending) and (q, k') row ids,
+        k' = min(k, count); candidates from the approximate index unless `exact` or there is none."""
+        if self.count == 0:
+            return torch.zeros(len(queries), 0), torch.zeros(len(queries), 0, dtype=torch.long)
+        cos, rows = self.gen.search(queries, k, exact=exact)
+        return torch.from_numpy(cos), torch.from_numpy(rows)
+
+    def items(self, rows: list[int]) -> list[dict]:
+        """items.jsonl objects of `rows` ({"path", "caption"?} / {"shard", "key"} / {"text"}, with "id")."""
+        return self.gen.items(rows)
+
+    def vectors(self, rows: list[int]) -> Tensor:
+        """(len(rows), d) float32 stored rows (memory-mapped read of just those rows)."""
+        return torch.from_numpy(np.asarray(self.gen.rows[rows], dtype=np.float32))
+
+    def image_source(self, row: int) -> Path | bytes | None:
+        """Where item `row`'s image is: its file, or its bytes read from its shard; None for a text item.
+        OSError / KeyError when its shard, or its member, is gone."""
+        item = self.items([row])[0]
+        if "path" in item:
+            return Path(item["path"])
+        if "shard" in item:
+            return self.served.shards.read(item["shard"], item["key"])
+        return None
+
+
+@dataclass
+class ServedIndex:
+    """One index: `name` (as clients select it), `path`, read-only; `view()` for its newest generation.
+    The other attributes answer from the newest generation too (one call each)."""
+
+    name: str
+    path: Path
+    handle: siglip.index.Index
+    shards: ShardMembers = field(default_factory=ShardMembers, repr=False)
+
+    def view(self) -> IndexView:
+        """The newest committed generation, to answer one request from."""
+        return IndexView(self, self.handle.current())
+
+    @property
+    def meta(self) -> dict:
+        return self.handle.meta
+
+    @property
+    def kind(self) -> str:
+        return self.view().kind
 
     @property
     def count(self) -> int:
@@ -51,30 +116,16 @@ class ServedIndex:
         return self.handle.ann
 
     def search(self, queries: Tensor, k: int, exact: bool = False) -> tuple[Tensor, Tensor]:
-        """Top-k of (q, d) float32 unit rows: (q, k') exact cosines (descending) and (q, k') row ids,
-        k' = min(k, count); candidates from the approximate index unless `exact` or there is none."""
-        if self.count == 0:
-            return torch.zeros(len(queries), 0), torch.zeros(len(queries), 0, dtype=torch.long)
-        cos, rows = self.handle.search(queries, k, exact=exact)
-        return torch.from_numpy(cos), torch.from_numpy(rows)
+        return self.view().search(queries, k, exact)
 
     def items(self, rows: list[int]) -> list[dict]:
-        """items.jsonl objects of `rows` ({"path", "caption"?} / {"shard", "key"} / {"text"}, with "id")."""
-        return read_items(self.path, self.meta, rows)
+        return self.view().items(rows)
 
     def vectors(self, rows: list[int]) -> Tensor:
-        """(len(rows), d) float32 stored rows (memory-mapped read of just those rows)."""
-        emb = np.load(self.path / self.meta["embeddings"], mmap_mode="r")
-        return torch.from_numpy(np.asarray(emb[rows], dtype=np.float32))
+        return self.view().vectors(rows)
 
     def image_source(self, row: int) -> Path | bytes | None:
-        """Where item `row`'s image is: its file, or its bytes read from its shard; None for a text item."""
-        item = self.items([row])[0]
-        if "path" in item:
-            return Path(item["path"])
-        if "shard" in item:
-            return self._shards.read(item["shard"], item["key"])
-        return None
+        return self.view().image_source(row)
 
 
 def parse_index_flag(value: str) -> tuple[str, Path]:
@@ -101,5 +152,5 @@ def open_indexes(flags: list[str], fingerprint: str, model_path: str) -> dict[st
         check_model(meta, fingerprint, f"--index {name}={path}", f"--model {model_path}")
         handle = siglip.index.open(path)
         handle.approximate()  # load (or refuse, with a warning naming it) the approximate index now
-        out[name] = ServedIndex(name, path, meta, handle)
+        out[name] = ServedIndex(name, path, handle)
     return out

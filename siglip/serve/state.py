@@ -14,9 +14,9 @@ from torch import Tensor
 
 from siglip.api import Model, TokenizerMissing
 from siglip.serve.batching import Batcher, Overloaded
-from siglip.serve.images import decode_image
+from siglip.serve.images import URL_TTL_S, decode_image, thumbnail_query
 from siglip.serve.indexes import ServedIndex
-from siglip.serve.limits import ApiError, sign
+from siglip.serve.limits import ApiError
 from siglip.serve.metrics import Metrics
 
 
@@ -33,6 +33,7 @@ class Settings:
     max_concurrent: int = 256  # requests in flight (bodies held) before 503
     max_k: int = 10_000  # results per search
     public_url: str = ""  # the base of absolute URLs (thumbnails); default: the request's own
+    url_ttl_s: int = URL_TTL_S  # how long a thumbnail URL works (then 410)
     cors: list[str] = field(default_factory=list)
     retry_after_s: int = 1
 
@@ -121,7 +122,9 @@ class ServerState:
     def base_url(self, request: Request) -> str:
         return (self.settings.public_url or str(request.base_url)).rstrip("/")
 
-    def thumbnail_url(self, request: Request, index: str, row: int) -> str:
-        """Absolute URL of item `row`'s thumbnail; signed (`?sig=`) when the server has an API key."""
+    def thumbnail_url(self, request: Request, index: str, row: int, generation: str) -> str:
+        """Absolute URL of item `row`'s thumbnail in that generation of the index, expiring after
+        --url-ttl; signed (`sig=`) when the server has an API key (siglip.serve.images)."""
         url = f"{self.base_url(request)}/items/{quote(index, safe='')}/{row}/thumbnail"
-        return url + (f"?sig={sign(self.settings.api_key, index, row)}" if self.settings.api_key else "")
+        query = thumbnail_query(self.settings.api_key, index, row, quote(generation, safe=""), self.settings.url_ttl_s)
+        return f"{url}?{query}"
