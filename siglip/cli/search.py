@@ -22,7 +22,7 @@ import torch
 
 from siglip.cli.common import add_model_arguments, load_model, print_json
 from siglip.index.handle import Index
-from siglip.index.store import check_model, read_items
+from siglip.index.store import check_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.query) == bool(args.image):
         raise ValueError('give a text query ("a dog on a beach") or --image FILE, not both')
     index = Path(args.index)
-    idx = Index(index)
+    idx = Index(index, follow=False)  # one generation for the search and its items
     meta = idx.meta
     model_path = args.model or meta["model"]
     if not args.model and not Path(model_path).exists():
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     cos, rows = torch.from_numpy(cos), torch.from_numpy(rows)
     took = time.perf_counter() - start
     logits = model.from_cosine(cos[0])  # (k,) t * cos + b
-    items = read_items(index, meta, rows[0].tolist())
+    items = idx.current().items(rows[0].tolist())  # from the open files, whatever a writer did since
     results = [
         {"rank": r + 1, "path": item_label(it), "score": float(torch.sigmoid(z)), "logit": float(z), "cosine": float(c)}
         | ({"caption": it["caption"]} if "caption" in it else {})

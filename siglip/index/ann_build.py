@@ -217,7 +217,7 @@ def retune(index: str | Path, opts: BuildOptions) -> dict:
     `opts.nprobe`), measure again, rewrite ann.json."""
     from siglip.index.handle import Index
 
-    idx = Index(index)
+    idx = Index(index, follow=False)
     loaded = idx.approximate()
     if loaded is None:
         raise ValueError(f"{idx.path}: no usable approximate index to tune; build one with `siglip index {idx.path}`")
