@@ -5,9 +5,12 @@ In-process: create_app under Starlette's TestClient, the writers run as `siglip`
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -124,6 +127,20 @@ def test_append_while_served_shows_the_new_items_and_never_answers_500(model_pat
         assert fresh.status_code == 200 and fresh.headers["content-type"] == "image/jpeg"
         stale = client.get(old_url)  # names generation 1: 410, never whatever row 0 is now
         assert stale.status_code == 410 and "changed" in stale.json()["error"]["message"]
+        if Path("/proc/self/maps").is_file():  # Linux: what the process holds, from /proc
+            assert held_files(index)  # the request still holding generation 1 keeps its (deleted) files
+            del held
+            gc.collect()
+            assert not held_files(index)  # once nobody reads them, no fd or map is left on them
+
+
+def held_files(index: Path) -> list[str]:
+    """Files of `index` this process still holds (fds and memory maps) that are deleted."""
+    links = [line.split(maxsplit=5)[-1] for line in Path("/proc/self/maps").read_text().splitlines()]
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the fd listdir itself used is gone
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [x for x in links if x.startswith(str(index)) and x.endswith("(deleted)")]
 
 
 def test_overwrite_while_served_switches_to_the_new_set_whole(model_path, tmp_path, caplog):
