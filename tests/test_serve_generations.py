@@ -266,3 +266,22 @@ def test_a_malformed_ann_json_warns_and_searches_exactly(model_path, tmp_path, c
     rows = np.load(index / "embeddings-1.npy")
     _, got = ix.search(torch.from_numpy(rows[1:2]), 3)
     assert got[0].tolist() == np.argsort(-(rows @ rows[1]), kind="stable")[:3].tolist()
+
+
+def test_a_generation_of_other_weights_is_not_switched_to(model_path, tmp_path, tokenizer, caplog):
+    """`siglip embed --overwrite` with another model commits a generation whose rows the served model
+    cannot query: the index keeps answering from the one it has, with a warning naming the fingerprints.
+    (Before generations an --overwrite was never followed at all; this guards the new switch.)"""
+    index = tmp_path / "p.index"
+    photos(tmp_path / "photos", 2, seed=10)
+    embed(model_path, tmp_path / "photos", index)
+    idx = siglip.index.open(index)
+    torch.manual_seed(1)
+    net = SigLIP(ModelConfig.from_variant("mu/4", image_size=16, text_length=8, vocab_size=tokenizer.vocab_size))
+    siglip.save_model(tmp_path / "other.pt", net, tokenizer, "bicubic")
+    photos(tmp_path / "photos", 1, seed=11, start=2)
+    embed(tmp_path / "other.pt", tmp_path / "photos", index, "--overwrite")
+    with caplog.at_level(logging.WARNING):
+        assert idx.count == 2 and idx.meta["generation"] == 1
+    assert "other weights" in caplog.text
+    assert json.loads((index / "meta.json").read_text())["count"] == 3  # the rewrite itself committed
