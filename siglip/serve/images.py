@@ -168,8 +168,10 @@ def url_signature(api_key: str, index: str, row: int | str, generation: str, exp
 
 
 def thumbnail_query(api_key: str, index: str, row: int, generation: str, ttl_s: float, now: float | None = None) -> str:
-    """The query string of a thumbnail URL: `sig` (with a key), `g` (the generation), `exp` (unix seconds)."""
-    expires = str(int((time.time() if now is None else now) + ttl_s))
+    """The query string of a thumbnail URL: `sig` (with a key), `g` (the generation), `exp` (unix seconds).
+    `exp` is rounded up to the next minute, so a row's URL stays the same for a minute (browser caches)."""
+    step = 60 if ttl_s >= 60 else 1
+    expires = str((int(time.time() if now is None else now) // step + 1) * step + int(ttl_s))
     sig = f"sig={url_signature(api_key, index, row, generation, expires)}&" if api_key else ""
     return f"{sig}g={generation}&exp={expires}"
 
