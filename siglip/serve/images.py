@@ -6,8 +6,8 @@ a header read and is refused with 400. Decoding runs in the caller's worker thre
 event loop.
 
 Only the formats browsers and cameras send are decoded from requests (REQUEST_FORMATS): PIL has ~40
-readers, most for rare formats whose parsers see little use and little fuzzing (EPS even runs
-Ghostscript), and a request should not reach them. TIFF is left out too: its reader hands data to
+readers, most for rare formats whose parsers see little use and little fuzzing (EPS hands its data
+to Ghostscript where installed), and a request should not reach them. TIFF is left out too: its reader hands data to
 libtiff's many codecs. Another format gets 415 naming it, told from its first bytes without running
 its reader. `siglip embed` reads the user's own files and takes every format PIL knows.
 """
