@@ -27,7 +27,8 @@ from siglip.serve.gate import AllowedHosts, RequestGate  # noqa: E402
 from siglip.serve.images import open_image  # noqa: E402
 from siglip.serve.limits import ApiError, BodyLimit  # noqa: E402
 from siglip.serve.metrics import Metrics  # noqa: E402
-from tests.serve_helpers import Server, build_world  # noqa: E402
+from tests.conftest import write_image  # noqa: E402
+from tests.serve_helpers import Server  # noqa: E402
 
 DEADLINE = 1.5  # --header-timeout and --body-timeout of the test server, s
 SLOTS = 4  # its --max-concurrent
@@ -35,10 +36,28 @@ CONNECTIONS = 40  # its --max-connections
 JSON = {"Content-Type": "application/json"}
 
 
+def small_world(root, tokenizer) -> dict:
+    """A tiny random model and `siglip embed`'s index of 3 small images (the least a server needs)."""
+    import torch
+
+    import siglip
+    from siglip.config import ModelConfig
+    from siglip.model import SigLIP
+
+    torch.manual_seed(0)
+    net = SigLIP(ModelConfig.from_variant("mu/4", image_size=16, text_length=8, vocab_size=tokenizer.vocab_size))
+    siglip.save_model(root / "m.pt", net, tokenizer, "bicubic")
+    for i, colour in enumerate([(220, 30, 30), (30, 200, 40), (20, 40, 230)]):
+        write_image(root / "photos" / f"{i}.png", colour, (16 + i, 14))
+    args = ["embed", str(root / "photos"), "--out", str(root / "photos.index"), "--model", str(root / "m.pt")]
+    assert main([*args, "--workers", "0"]) == 0
+    return {"model": root / "m.pt", "photos": root / "photos.index"}
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("edge")
-    w = build_world(root, tokenizer)
+    w = small_world(root, tokenizer)
     args = ["--model", str(w["model"]), "--index", f"photos={w['photos']}", "--max-concurrent", str(SLOTS),
             "--max-connections", str(CONNECTIONS), "--header-timeout", str(DEADLINE), "--body-timeout", str(DEADLINE)]  # fmt: skip
     server = Server(args, root / "server.log")
@@ -217,7 +236,7 @@ def test_the_command_gives_uvicorn_the_connection_limits(world, monkeypatch):
     args = ["serve", "--model", str(world["model"]), "--max-connections", "77", "--header-timeout", "3"]
     assert main(args) == 0
     assert calls[0]["limit_concurrency"] == 77 and calls[0]["http"].header_timeout == 3
-    assert calls[0]["timeout_keep_alive"] <= 5
+    assert calls[0]["timeout_keep_alive"] <= 5 and calls[0]["ws"] == "none"
     assert main([*args, "--allowed-hosts", "a:b:c:x"]) == 1  # a malformed entry is refused at start
 
 

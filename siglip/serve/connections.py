@@ -91,9 +91,11 @@ def protocol_with(header_timeout: float) -> type[HeaderDeadline]:
 
 
 def uvicorn_limits(max_connections: int, header_timeout: float, keep_alive_s: float = 5.0) -> dict:
-    """uvicorn.run's keyword arguments for the connection limits."""
+    """uvicorn.run's keyword arguments for the connection limits. No WebSocket upgrades: no route
+    uses them, so an Upgrade header is answered as plain HTTP rather than reaching a ws library."""
     return dict(
         http=protocol_with(header_timeout),
+        ws="none",
         limit_concurrency=max_connections or None,
         timeout_keep_alive=keep_alive_s,
     )
