@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import select
 import socket
 import threading
@@ -226,7 +227,7 @@ def test_body_and_request_deadlines_in_the_middleware():
     assert status == 200 and body == b"http.disconnect"
 
 
-def test_the_command_gives_uvicorn_the_connection_limits(world, monkeypatch):
+def test_the_command_gives_uvicorn_the_connection_limits(world, monkeypatch, caplog):
     """--max-connections, --header-timeout and a keep-alive bound reach uvicorn.run. Before: uvicorn
     ran with no limit_concurrency and its stock protocol (no header deadline)."""
     import uvicorn
@@ -238,6 +239,9 @@ def test_the_command_gives_uvicorn_the_connection_limits(world, monkeypatch):
     assert calls[0]["limit_concurrency"] == 77 and calls[0]["http"].header_timeout == 3
     assert calls[0]["timeout_keep_alive"] <= 5 and calls[0]["ws"] == "none"
     assert main([*args, "--allowed-hosts", "a:b:c:x"]) == 1  # a malformed entry is refused at start
+    with caplog.at_level(logging.WARNING, logger="siglip.serve"):
+        assert main([*args, "--host", "0.0.0.0", "--api-key", "k"]) == 0
+    assert any("--allowed-hosts" in r.getMessage() for r in caplog.records)  # LAN clients would get 421
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,6 +342,8 @@ def test_invented_methods_do_not_add_metric_series(world):
             client.request(f"XMETHOD{i}", f"/nothing/{i}")
         assert not any("XMETHOD" in line for line in series()) and 'method="other"' in "".join(first)
         assert len(series()) <= len(first) + 1  # at most /metrics' own series is new
+        client.get("/health", headers={"Host": "evil.example"})
+        assert any('status="421"' in line for line in series())  # refusals at the gate are counted too
     m = Metrics()
     m.request("other", "X" * 10_000, 999, 0.1)
     assert list(m.requests) == [("other", "other", "other")]

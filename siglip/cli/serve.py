@@ -126,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
             "the indexes' captions and thumbnails. Pass --api-key KEY, or keep --host 127.0.0.1",
             args.host,
         )
+    if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
+        log.warning(
+            "listening on %s: only requests whose Host header is localhost, 127.0.0.1 or [::1] are answered "
+            "(others get 421); pass --allowed-hosts with the names or addresses clients use",
+            args.host,
+        )
     url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     summary = {"url": url, "model": args.model, "indexes": {n: ix.count for n, ix in indexes.items()}}
     print(json.dumps(summary) if args.json else f"siglip serve: {url}/  model {model!r}, indexes {summary['indexes']}")

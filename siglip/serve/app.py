@@ -7,9 +7,8 @@
     /v1/search /v1/classify /v1/score /metrics, /items/{index}/{row}/thumbnail (api.py)
     /indices-list /knn-service /metadata    clip-retrieval's back end (clip_back.py)
 
-Layers, outermost first: CORS (only with --cors), the Host allowlist and the JSON Content-Type
-rule (gate.py), the request metrics, the body-size cap and the body and request deadlines
-(limits.py), the routes (each API route checks the Bearer key). The connection limits and the
+Layers, outermost first: CORS (only with --cors), the request metrics, the Host allowlist and the
+JSON Content-Type rule (gate.py), the body-size cap and the body and request deadlines (limits.py), the routes (each API route checks the Bearer key). The connection limits and the
 headers' deadline are uvicorn's (connections.py). The batching worker starts with the app and stops
 after uvicorn has drained the requests in flight (SIGTERM).
 """
@@ -87,9 +86,9 @@ def create_app(state: ServerState) -> FastAPI:
         BodyLimit, max_bytes=limits.max_body, max_active=limits.max_concurrent, retry_after_s=limits.retry_after_s,
         body_timeout_s=limits.body_timeout_s, request_timeout_s=limits.request_timeout_s,
     )  # fmt: skip
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
     hosts = AllowedHosts(limits.host, limits.port, limits.allowed_hosts, limits.public_url)
     app.add_middleware(RequestGate, hosts=hosts)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
     if state.settings.cors:
         app.add_middleware(
             CORSMiddleware,
