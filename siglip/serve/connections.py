@@ -8,7 +8,7 @@ one sending a byte every few seconds (slowloris) holds its connection, and one o
 `limit_concurrency` places, forever, since each byte also cancels the keep-alive timer.
 `HeaderDeadline` adds that bound: a connection's request line and headers must all come within
 `header_timeout` s of the connection opening, or of the previous answer on a kept-alive
-connection; past it the client gets 408 and the connection is closed. The body's deadline and the
+connection; past it the connection is closed, with a 408 when part of a request had come. The body's deadline and the
 whole request's are the app's (`limits.BodyLimit`).
 """
 
@@ -74,7 +74,8 @@ class HeaderDeadline(H11Protocol):
         self._header_timer = None
         if self.transport.is_closing() or not self._waiting():
             return
-        if self.conn.our_state is h11.IDLE:  # nothing sent on this cycle yet: say why we hang up
+        partial = bool(self.conn.trailing_data[0])  # part of a request came; silence is just closed (keep-alive's way)
+        if self.conn.our_state is h11.IDLE and partial:  # say why we hang up
             message = f"request headers: not all received within {self.header_timeout:g} s (--header-timeout)"
             body = json.dumps({"error": {"message": message, "type": "timeout_error"}}).encode()
             head = (
