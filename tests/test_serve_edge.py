@@ -134,6 +134,22 @@ def test_slow_headers_are_cut_off_and_a_normal_client_is_served_meanwhile(world)
         assert DEADLINE - 0.1 < seconds < DEADLINE + 4
 
 
+def test_kept_alive_connections_get_the_deadline_too(world):
+    """After an answer, the next request's headers sent a byte at a time, or the rest of a body no
+    route reads (a 404 before the body): closed at the deadline. Before: uvicorn's keep-alive timer
+    was the only bound there, and each byte cancelled it, so both stayed open for good."""
+    a, b = connect(world, 2)
+    a.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert a.recv(65536).startswith(b"HTTP/1.1 200")
+    b.sendall(b"POST /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 1000\r\n\r\n{")  # fmt: skip
+    assert b.recv(65536).startswith(b"HTTP/1.1 404")
+    result = dribble([a, b], b"GET /health HTTP/1.1\r\nX-Pad: " + b"a" * 100, seconds=8)
+    assert len(result) == 2, "a kept-alive connection is still open after 8 s"
+    assert b"HTTP/1.1 408" in result[0][1] and result[0][0] < DEADLINE + 4  # (after the rest of the 200's body)
+    assert result[1][0] < DEADLINE + 4
+
+
 def test_slow_bodies_get_408_and_free_their_slots(world):
     """As many slow bodies as --max-concurrent: they hold every slot (a normal request gets 503),
     then each gets 408 at the body deadline and a normal request gets 200. Before: a body sent a byte
