@@ -33,7 +33,7 @@ def test_public_url_signature_and_no_index(tmp_path, tokenizer):
     sig = url_signature("k", "a b", 3, "2-abc", exp)
     assert url == f"https://search.example.org/items/a%20b/3/thumbnail?sig={sig}&g=2-abc&exp={exp}"
     key = {"Authorization": "Bearer k"}
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="https://search.example.org") as client:  # its Host is allowed
         r = client.post("/v1/embeddings", json={"input": "a cat"}, headers=key)
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == model.dim
         r = client.post("/v1/search", json={"text": "a"}, headers=key)

@@ -26,7 +26,7 @@ from siglip.cli import main
 from tests.serve_helpers import Server, build_world
 
 KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +226,8 @@ def test_a_50_mb_body_gets_413_declared_or_chunked(world):
 def test_a_client_gone_mid_body_is_not_a_server_error(world):
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", world["server"].port), timeout=30) as sock:
-            sock.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                         "Content-Length: 1000\r\n\r\n{\"text\": ".encode())  # fmt: skip
+            sock.sendall(f"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"text\": ".encode())  # fmt: skip
     time.sleep(0.5)
     metrics = httpx.get(world["url"] + "/metrics", headers=AUTH, timeout=30).text
     assert 'status="500"' not in metrics and world["server"].healthy()

@@ -6,15 +6,18 @@
 
 Then open http://127.0.0.1:8000/ (the search page), or:
 
-    curl -s localhost:8000/v1/search -d '{"text": "a dog on a beach", "k": 5}'
-    curl -s localhost:8000/v1/embeddings -d '{"model": "siglip", "input": ["a dog", "a cat"]}'
+    curl -s localhost:8000/v1/search --json '{"text": "a dog on a beach", "k": 5}'
+    curl -s localhost:8000/v1/embeddings --json '{"model": "siglip", "input": ["a dog", "a cat"]}'
 
 Routes: POST /v1/embeddings (OpenAI), /v1/search, /v1/classify, /v1/score; clip-retrieval's
 /indices-list, /knn-service, /metadata; GET /items/{index}/{row}/thumbnail, /health, /metrics.
 Safe by default: listens on 127.0.0.1 only (another --host without --api-key prints a warning);
 with --api-key every API needs `Authorization: Bearer KEY` (the page, /static and /health stay
 open; thumbnail URLs are signed); bodies over --max-body get 413, images over --max-pixels get 400
-before their pixels are decoded; no CORS unless --cors. An index built with other weights than
+before their pixels are decoded; no CORS unless --cors. Only requests naming this server in their
+Host header are answered (DNS rebinding; --allowed-hosts for more names), POST bodies must be sent
+as Content-Type: application/json (curl --json), and slow clients are cut off (--header-timeout,
+--body-timeout, --request-timeout, --max-connections). An index built with other weights than
 --model is refused at start. SIGTERM (or Ctrl-C) finishes the requests in flight, then exits.
 Needs the serve extra: pip install 'siglip[serve]'.
 """
@@ -64,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=40_000_000, help="largest uploaded image, width x height")
     g.add_argument("--max-concurrent", type=int, default=256, help="requests in flight before 503 + Retry-After")
     g.add_argument("--url-ttl", type=int, default=3600, help="seconds a thumbnail URL works (then 410); default 1 hour")
+    g.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[:PORT],...",
+                   help="Host names answered besides localhost, 127.0.0.1, [::1] and --host (others: 421); "
+                        "'*' answers any Host, which lets other web sites read this server (DNS rebinding)")  # fmt: skip
+    g.add_argument("--max-connections", type=int, default=512, help="open connections before 503 (0: no limit)")
+    g.add_argument("--header-timeout", type=float, default=10.0, help="s for a request's headers, else 408 (0: none)")
+    g.add_argument("--body-timeout", type=float, default=60.0, help="s for a request's body, else 408 (0: none)")
+    g.add_argument("--request-timeout", type=float, default=120.0, help="s for a whole request, else 503 (0: none)")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=32, help="inputs per model call (1: no batching)")
     g.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others")
@@ -90,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError(f"siglip serve needs FastAPI and uvicorn ({e}): pip install 'siglip[serve]'") from e
     from siglip.api import load
+    from siglip.serve.connections import check_open_files, uvicorn_limits
     from siglip.serve.indexes import open_indexes
     from siglip.serve.state import ServerState, Settings
 
@@ -103,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         url_ttl_s=args.url_ttl,
         cors=args.cors,
+        host=args.host,
+        port=args.port,
+        allowed_hosts=args.allowed_hosts,
+        body_timeout_s=args.body_timeout,
+        request_timeout_s=args.request_timeout,
     )
     batching = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     state = ServerState.build(model, indexes, settings, decode_threads=args.decode_threads, **batching)
@@ -112,9 +128,17 @@ def run(args: argparse.Namespace) -> int:
             "the indexes' captions and thumbnails. Pass --api-key KEY, or keep --host 127.0.0.1",
             args.host,
         )
+    if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
+        log.warning(
+            "listening on %s: only requests whose Host header is localhost, 127.0.0.1 or [::1] are answered "
+            "(others get 421); pass --allowed-hosts with the names or addresses clients use",
+            args.host,
+        )
     url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     summary = {"url": url, "model": args.model, "indexes": {n: ix.count for n, ix in indexes.items()}}
     print(json.dumps(summary) if args.json else f"siglip serve: {url}/  model {model!r}, indexes {summary['indexes']}")
     app = create_app(state)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    check_open_files(args.max_connections)
+    edge = uvicorn_limits(args.max_connections, args.header_timeout)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30, **edge)
     return 0

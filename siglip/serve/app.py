@@ -7,8 +7,9 @@
     /v1/search /v1/classify /v1/score /metrics, /items/{index}/{row}/thumbnail (api.py)
     /indices-list /knn-service /metadata    clip-retrieval's back end (clip_back.py)
 
-Layers, outermost first: CORS (only with --cors), the request metrics, the body-size cap, the
-routes (each API route checks the Bearer key). The batching worker starts with the app and stops
+Layers, outermost first: CORS (only with --cors), the request metrics, the Host allowlist and the
+JSON Content-Type rule (gate.py), the body-size cap and the body and request deadlines (limits.py), the routes (each API route checks the Bearer key). The connection limits and the
+headers' deadline are uvicorn's (connections.py). The batching worker starts with the app and stops
 after uvicorn has drained the requests in flight (SIGTERM).
 """
 
@@ -25,6 +26,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siglip.serve import api, clip_back, openai
+from siglip.serve.gate import AllowedHosts, RequestGate
 from siglip.serve.images import ThumbnailCache
 from siglip.serve.limits import BodyLimit, install_error_handlers
 from siglip.serve.metrics import Metrics
@@ -81,8 +83,11 @@ def create_app(state: ServerState) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     limits = state.settings
     app.add_middleware(
-        BodyLimit, max_bytes=limits.max_body, max_active=limits.max_concurrent, retry_after_s=limits.retry_after_s
-    )
+        BodyLimit, max_bytes=limits.max_body, max_active=limits.max_concurrent, retry_after_s=limits.retry_after_s,
+        body_timeout_s=limits.body_timeout_s, request_timeout_s=limits.request_timeout_s,
+    )  # fmt: skip
+    hosts = AllowedHosts(limits.host, limits.port, limits.allowed_hosts, limits.public_url)
+    app.add_middleware(RequestGate, hosts=hosts)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     if state.settings.cors:
         app.add_middleware(

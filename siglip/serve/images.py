@@ -9,6 +9,12 @@ A thumbnail URL names the index's generation and when it expires:
 `/items/{index}/{row}/thumbnail?sig=S&g=G&exp=E` (`sig`, an HMAC of all four under the API key, only
 when the server has one). A URL of another generation (the index was appended to or rewritten since)
 or past `exp` (--url-ttl) answers 410, so an old URL never shows another item's image.
+
+Only the formats browsers and cameras send are decoded from requests (REQUEST_FORMATS): PIL has ~40
+readers, most for rare formats whose parsers see little use and little fuzzing (EPS hands its data
+to Ghostscript where installed), and a request should not reach them. TIFF is left out too: its reader hands data to
+libtiff's many codecs. Another format gets 415 naming it, told from its first bytes without running
+its reader. `siglip embed` reads the user's own files and takes every format PIL knows.
 """
 
 from __future__ import annotations
@@ -37,6 +43,15 @@ DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=
 THUMBNAIL_SIDE = 256
 URL_TTL_S = 3600  # --url-ttl: how long a thumbnail URL handed out works
 SHARDS_HELD = 32  # shards whose member table (~100 B per member) ShardMembers keeps
+REQUEST_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # PIL's names; JPEG includes MPO (camera JPEGs)
+MAGIC = [  # (first bytes, offset, PIL's name) of formats refused from requests, to name them in the 415
+    (b"II*\x00", 0, "TIFF"), (b"MM\x00*", 0, "TIFF"), (b"%!PS", 0, "EPS"), (b"\xc5\xd0\xd3\xc6", 0, "EPS"),
+    (b"ftypavif", 4, "AVIF"), (b"ftypavis", 4, "AVIF"), (b"ftyphei", 4, "HEIF"), (b"ftypmif1", 4, "HEIF"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG2000"), (b"\xffO\xffQ", 0, "JPEG2000"), (b"8BPS", 0, "PSD"),
+    (b"\x00\x00\x01\x00", 0, "ICO"), (b"icns", 0, "ICNS"), (b"qoif", 0, "QOI"), (b"DDS ", 0, "DDS"),
+    (b"SIMPLE  =", 0, "FITS"), (b"\x01\xda", 0, "SGI"), (b"\x59\xa6\x6a\x95", 0, "SUN"), (b"\x0a", 0, "PCX"),
+    (b"P1", 0, "PPM"), (b"P2", 0, "PPM"), (b"P3", 0, "PPM"), (b"P4", 0, "PPM"), (b"P5", 0, "PPM"), (b"P6", 0, "PPM"),
+]  # fmt: skip
 
 
 def is_image_data_url(value: str) -> bool:
@@ -60,19 +75,28 @@ def decode_base64(value: str, field: str) -> bytes:
         raise ApiError(400, f"{field}: not valid base64 ({e})") from e
 
 
-def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    """Bytes -> an RGB/L PIL image, after checking the header's size against `max_pixels`.
-    400 naming `field` for anything that is not a readable image within the limit."""
+def sniff_format(data: bytes) -> str | None:
+    """PIL's name for a refused format, from its first bytes (no reader runs); None if not in MAGIC."""
+    return next((name for magic, at, name in MAGIC if data[at : at + len(magic)] == magic), None)
+
+
+def open_image(data: bytes, field: str, max_pixels: int, formats: tuple[str, ...] = REQUEST_FORMATS) -> Image.Image:
+    """Bytes -> an RGB/L PIL image of one of `formats`, after checking the header's size against
+    `max_pixels`. 415 naming the format for another one; 400 naming `field` for anything that is not
+    a readable image within the limit."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # header only: no pixel decoded yet
+            img = Image.open(io.BytesIO(data), formats=formats)  # header only: no pixel decoded yet
     except Image.DecompressionBombError as e:  # PIL's own check (over 2 x Image.MAX_IMAGE_PIXELS) came first
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{pixels.group(1)} pixels" if pixels else "too many pixels"
         raise ApiError(400, f"{field}: {size}, over the limit of {max_pixels} (--max-pixels)") from e
     except Exception as e:  # noqa: BLE001 - any unreadable upload is the client's fault
-        raise ApiError(400, f"{field}: not an image PIL can read ({type(e).__name__}: {e})") from e
+        accepted = ", ".join(formats)
+        if (kind := sniff_format(data)) is not None:
+            raise ApiError(415, f"{field}: a {kind} image; this server decodes only {accepted} uploads") from e
+        raise ApiError(400, f"{field}: not an image in a format this server reads ({accepted}): {e}") from e
     w, h = img.size
     if w * h > max_pixels:
         raise ApiError(400, f"{field}: {w} x {h} = {w * h} pixels, over the limit of {max_pixels} (--max-pixels)")

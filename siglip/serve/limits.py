@@ -1,4 +1,5 @@
-"""What keeps the service safe to expose: the API key, the body-size cap, and one error shape.
+"""What keeps the service safe to expose: the API key, the body-size cap, the body and request
+deadlines, and one error shape.
 
 Every error leaves as `{"error": {"message": ..., "type": ...}}` with a 4xx status (5xx only for the
 server's own faults and a full queue), the message naming the field, file or header at fault, as
@@ -8,6 +9,7 @@ turns it, FastAPI's validation errors, unknown routes and anything unexpected in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -24,6 +26,7 @@ log = logging.getLogger("siglip.serve")
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
 TYPES |= {405: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error"}
 TYPES |= {429: "rate_limit_error", 503: "overloaded_error"}
+TYPES |= {408: "timeout_error", 415: "invalid_request_error", 421: "permission_error"}
 
 
 class ApiError(Exception):
@@ -100,20 +103,30 @@ def check_signature(request: Request, api_key: str, index: str, row: int | str) 
 
 
 # --------------------------------------------------------------------------------------------------
-# the body-size cap and the cap on requests in flight, as ASGI middleware: before any route reads a body
+# the body-size cap, the cap on requests in flight and their deadlines, as ASGI middleware: before any
+# route reads a body
 
 
 class BodyTooLarge(Exception):
     pass
 
 
+class BodyTooSlow(Exception):
+    pass
+
+
 class BodyLimit:
     """413 for a body over `max_bytes`: at once from Content-Length, or while streaming a chunked body
     (the body is never buffered past the limit). 503 + Retry-After when `max_active` requests are in
-    flight already (/health excepted), so memory stays under about max_active x max_bytes."""
+    flight already (/health excepted), so memory stays under about max_active x max_bytes.
+    Deadlines, so that no client holds one of those `max_active` slots for long: 408 when the body has
+    not all come `body_timeout_s` after the headers (a client sending a byte at a time), 503 when the
+    whole request (body, queue, model) takes over `request_timeout_s`; 0 turns either off."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_active: int = 256, retry_after_s: int = 1):
+    def __init__(self, app: ASGIApp, max_bytes: int, max_active: int = 256, retry_after_s: int = 1,
+                 body_timeout_s: float = 60.0, request_timeout_s: float = 120.0):  # fmt: skip
         self.app, self.max_bytes, self.max_active, self.retry = app, max_bytes, max_active, retry_after_s
+        self.body_timeout, self.request_timeout = body_timeout_s or None, request_timeout_s or None
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,13 +146,22 @@ class BodyLimit:
             self.active -= 1
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        seen, started = 0, False
+        loop = asyncio.get_running_loop()
+        seen, started, body_done = 0, False, False
+        body_deadline = loop.time() + (self.body_timeout or 0)
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done or self.body_timeout is None:  # after the body: a wait for the client to go away
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(body_deadline - loop.time(), 0))
+                except asyncio.TimeoutError:
+                    raise BodyTooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise BodyTooLarge
             return message
@@ -149,11 +171,25 @@ class BodyLimit:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        start = loop.time()
         try:
-            await self.app(scope, counted, tracked)
+            await asyncio.wait_for(self.app(scope, counted, tracked), self.request_timeout)
         except BodyTooLarge:
             if not started:
                 await self._refuse(send, seen)
+        except BodyTooSlow:
+            if not started:
+                message = f"request body: {seen} bytes came in {self.body_timeout:g} s, not all of it (--body-timeout)"
+                await error_response(408, message, headers={"Connection": "close"})({"type": "http"}, _no_body, send)
+        except asyncio.TimeoutError:
+            if self.request_timeout is None or loop.time() - start < self.request_timeout:
+                raise  # not ours: the route's own
+            log.warning("%s %s: over --request-timeout %g s; cancelled", scope["method"], scope["path"],
+                        self.request_timeout)  # fmt: skip
+            if not started:
+                message = f"the request took over {self.request_timeout:g} s (--request-timeout); retry later"
+                headers = {"Retry-After": str(self.retry), "Connection": "close"}
+                await error_response(503, message, headers=headers)({"type": "http"}, _no_body, send)
 
     async def _refuse(self, send: Send, size: int) -> None:
         what = f"{size} bytes" if size >= 0 else "an invalid Content-Length"

@@ -7,8 +7,10 @@
     siglip_queue_depth                               gauge: requests waiting for the model
     siglip_index_rows{index}                         gauge: rows per served index
 
-`route` is the route's template (`/items/{index}/{row}/thumbnail`), never the raw path, so the
-number of series stays bounded whatever clients send.
+Every label comes from a fixed set, so the number of series stays bounded whatever clients send:
+`route` is the route's template (`/items/{index}/{row}/thumbnail`), never the raw path, and "other"
+for any path that matched no route; `method` is one of METHODS or "other" (HTTP lets a client invent
+methods: `XMETHOD1`, `XMETHOD2`, ...); `status` is a three-digit code or "other".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 class Histogram:
@@ -46,7 +49,7 @@ class Metrics:
     """Thread-safe counters and histograms; `render()` is the /metrics body."""
 
     def __init__(self, queue_depth: Callable[[], int] = lambda: 0, index_rows: dict[str, int] | None = None):
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = defaultdict(lambda: Histogram(LATENCY_BUCKETS))
         self.batch_size: dict[str, Histogram] = defaultdict(lambda: Histogram(BATCH_BUCKETS))
         self.batch_requests: dict[str, Histogram] = defaultdict(lambda: Histogram(BATCH_BUCKETS))
@@ -54,8 +57,11 @@ class Metrics:
         self._lock = threading.Lock()
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """`route`: a route template or "other"; an unknown `method` or `status` is counted as "other"."""
+        method = method if method in METHODS else "other"
+        code = str(status) if 100 <= status <= 599 else "other"
         with self._lock:
-            self.requests[(route, method, status)] += 1
+            self.requests[(route, method, code)] += 1
             self.latency[route].observe(seconds)
 
     def batch(self, kind: str, inputs: int, requests: int) -> None:

@@ -25,6 +25,11 @@ class Settings:
     """The command's limits and switches (see `siglip serve --help`)."""
 
     api_key: str = ""
+    host: str = "127.0.0.1"  # the bound address and port: with the loopback names, the Host headers answered
+    port: int = 0  # 0: any port (an app run in-process)
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names (--allowed-hosts); "*": any
+    body_timeout_s: float = 60.0  # the whole body within this after the headers, else 408 (0: none)
+    request_timeout_s: float = 120.0  # the whole request within this, else 503 (0: none)
     max_body: int = 20 * 1024 * 1024  # bytes
     max_pixels: int = 40_000_000  # per uploaded image, width x height
     max_inputs: int = 2048  # texts per request (OpenAI's limit)
