@@ -64,7 +64,7 @@ def client_for(model_path: Path, index: Path, **settings) -> TestClient:
     model = siglip.load(model_path)
     indexes = open_indexes([f"p={index}"], model.fingerprint, str(model_path))
     state = ServerState.build(model, indexes, Settings(api_key="k", **settings), max_batch=4, max_wait_ms=0)
-    return TestClient(create_app(state))
+    return TestClient(create_app(state), base_url="http://127.0.0.1")  # a Host the server answers to
 
 
 def search(client: TestClient, vector: list[float], k: int = 20) -> dict:
