@@ -12,7 +12,10 @@ run a copy of the tower in which
   the MAP head's cross-attention).
 The maths is the module's: outputs agree to about 1e-6 in fp32 and to bf16 rounding under
 autocast (`tests/test_inference.py`). Elsewhere (a GPU, fp16, sharded parameters, a build of torch
-without oneDNN) the module itself runs.
+without oneDNN) the module itself runs. The packed copy has no autograd graph, so it runs only where
+autograd cannot need one: under `torch.no_grad()` / `torch.inference_mode()`, or when neither the
+tower's parameters nor the inputs require grad. Everywhere else the module runs, in eval mode too,
+and gradients flow as through the module (`tests/test_embedding_path.py`).
 
 The packed copy is made at the first call and kept while the weights are unchanged: it is keyed on
 each parameter's storage and version counter, so an optimizer step or `load_state_dict` between two
@@ -187,19 +190,41 @@ def forget(model: nn.Module) -> None:
             _PACKED.pop(tower, None)
 
 
+def needs_autograd(tower: nn.Module, *inputs: Tensor | None) -> bool:
+    """Whether a call of `tower` on `inputs` could be asked for gradients: grad mode is on (not under
+    `torch.no_grad()` / `torch.inference_mode()`) and a parameter of the tower or an input requires
+    grad. The packed copy has no autograd graph, so it runs only where this is False; eval mode alone
+    says nothing about it (linear probes, adapters and attributions train through eval-mode towers)."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p.requires_grad for p in tower.parameters()) or any(x is not None and x.requires_grad for x in inputs)
+
+
+def run_tower(tower: nn.Module, *inputs: Tensor | None) -> Tensor:
+    """`tower(*inputs)`: through its packed copy where that applies and autograd cannot need the
+    result, else the module itself, with autograd as it would run alone."""
+    if needs_autograd(tower, *inputs):
+        return tower(*inputs)
+    fast = packed_tower(tower)
+    if fast is tower:
+        return tower(*inputs)
+    with torch.no_grad():  # nothing requires grad here: no graph either way
+        return fast(*inputs)
+
+
 def encode_image(model: SigLIP, pixels, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
-    """`model.encode_image(...)`, through the packed image tower where it applies."""
+    """`model.encode_image(...)`, through the packed image tower where it applies (`run_tower`)."""
     model = _unwrap(model)
     if not isinstance(model, SigLIP):  # something else with an encode_image: its own
         return model.encode_image(pixels, mask, spatial_shapes)
     if isinstance(pixels, NaFlexPatches):
         pixels, mask, spatial_shapes = pixels
-    return l2_normalize(packed_tower(model.image)(pixels, mask, spatial_shapes))
+    return l2_normalize(run_tower(model.image, pixels, mask, spatial_shapes))
 
 
 def encode_text(model: SigLIP, ids: Tensor) -> Tensor:
-    """`model.encode_text(ids)`, through the packed text tower where it applies."""
+    """`model.encode_text(ids)`, through the packed text tower where it applies (`run_tower`)."""
     model = _unwrap(model)
     if not isinstance(model, SigLIP):
         return model.encode_text(ids)
-    return l2_normalize(packed_tower(model.text)(ids))
+    return l2_normalize(run_tower(model.text, ids))
