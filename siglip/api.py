@@ -38,7 +38,7 @@ from siglip.checkpoint import tokenizer_from_payload
 from siglip.config import model_config_from_dict
 from siglip.data import load_image
 from siglip.interop.detect import load_payload
-from siglip.model import SigLIP, l2_normalize
+from siglip.model import SigLIP, empty_model, l2_normalize
 from siglip.naflex import NaFlexPatches, stack_images
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import checkpoint_transform
@@ -263,8 +263,7 @@ def load(
             f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"
         )
     cfg = model_config_from_dict(payload["model_config"])
-    with torch.device("meta"):  # no random init: every tensor comes from the file
-        net = SigLIP(cfg)
+    net = empty_model(cfg)  # no random init: every tensor comes from the file
     missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(
