@@ -14,6 +14,14 @@ builds it), image-embedding img/s and text-embedding texts/s (inference mode), i
 bf16 autocast. Each repeat times every model once, in rotated order (so slow drifts of a shared
 machine hit all alike); the table shows medians, the ratios ours/peer, and MFU (siglip.flops: the
 analytic FLOPs over the matmul peak measured at the end of the same run, or --peak-tflops).
+
+On a CPU it first prints what decides our speed there: the CPU's model and flags (avx2, avx512f,
+avx512_bf16, amx), whether oneDNN has bf16 kernels, the fp32 and bf16 matmul peaks, and which path
+ours embeds through per precision (`siglip.inference`'s packed copy or the module, as
+`siglip.inference_choice` timed it). After the table, GFLOP/s and % of the peak of ours and
+transformers for embedding, and the targets: bf16 embedding at least 2x transformers on an AMX CPU
+and at least 75% of the bf16 matmul peak elsewhere (none without native bf16: it is emulated there),
+fp32 at least 1.0x transformers everywhere.
 """
 
 from __future__ import annotations
@@ -148,6 +156,86 @@ def check_same_outputs(models: dict, fns: dict, pixels, ids) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
+# The CPU: flags, peaks, the path ours takes
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The flags that decide CPU matmul speed, from /proc/cpuinfo (all False where it is absent)."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+        have = set(line.split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        have = set()
+    return {f: f in have for f in CPU_FLAGS}
+
+
+def our_path(ours: SigLIP, precision: str) -> str:
+    """Which path ours embeds through at `precision` here (after the first call has chosen)."""
+    from siglip import inference, inference_choice
+
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    with amp:
+        dtype = inference.compute_dtype(ours.image)
+    if dtype is None:
+        return "module (no oneDNN packed kernels for this dtype here)"
+    chosen = inference_choice.decided(ours.image, dtype)
+    return {True: "packed copy", False: "module (timed faster here)", None: "not chosen yet"}[chosen]
+
+
+def cpu_report(args, ours: SigLIP) -> dict:
+    """The CPU's flags, matmul peaks (measured now: a 2048^2 product, 512^2 for bf16 without oneDNN
+    bf16 kernels, where one 2048^2 product takes minutes) and the path ours takes per precision."""
+    flags, bf16 = cpu_flags(), torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    fp32_peak = flops.measure_matmul_tflops(args.device, torch.float32)
+    bf16_peak = flops.measure_matmul_tflops(args.device, torch.bfloat16, size=0 if bf16 else 512)
+    return {
+        "cpu": flops.device_name(args.device),
+        "flags": flags,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_bf16": bool(bf16),
+        "peak_tflops": {"fp32": fp32_peak, "bf16": bf16_peak},
+        "ours_path": {p: our_path(ours, p) for p in args.precisions},
+    }
+
+
+def print_cpu(cpu: dict) -> None:
+    flags = " ".join(f"{f}={'yes' if v else 'no'}" for f, v in cpu["flags"].items())
+    print(f"cpu: {cpu['cpu']}  {flags}  torch capability {cpu['capability']}  oneDNN bf16 {cpu['onednn_bf16']}")
+    peaks = cpu["peak_tflops"]
+    print(
+        f"matmul peak (best of torch and oneDNN packed): fp32 {1e3 * peaks['fp32']:.1f} GFLOP/s, "
+        f"bf16 {1e3 * peaks['bf16']:.2f} GFLOP/s"
+    )
+    print("ours embeds through: " + ", ".join(f"{p} {path}" for p, path in cpu["ours_path"].items()))
+
+
+def print_targets(rows: list[dict], cpu: dict) -> None:
+    """GFLOP/s and % of the dtype's matmul peak for embedding, and the issue's targets."""
+    amx = cpu["flags"]["amx_bf16"]
+    for r in rows:
+        if r["task"] == "train" or "transformers" not in r:
+            continue
+        peak = 1e3 * cpu["peak_tflops"][r["precision"]]
+        ours, peer = r["gflops_ours"], r["gflops_transformers"]
+        line = (
+            f"{r['task']:<6}{r['precision']:<5} ours {ours:7.1f} GFLOP/s ({100 * ours / peak:3.0f}% of peak)  "
+            f"transformers {peer:7.1f} GFLOP/s ({100 * peer / peak:3.0f}%)  ratio {ours / peer:.2f}x  target: "
+        )
+        if r["precision"] == "fp32":
+            goal, met = ">= 1.0x transformers", ours >= peer
+        elif not cpu["onednn_bf16"]:  # bf16 emulated: slower than fp32 for everyone, no target
+            print(line + "none (no native bf16 on this CPU: fp32 is the faster choice here)")
+            continue
+        elif amx:
+            goal, met = ">= 2x transformers (AMX)", ours >= 2 * peer
+        else:
+            goal, met = ">= 75% of the bf16 peak (no AMX)", ours >= 0.75 * peak
+        print(line + goal + (" MET" if met else " NOT MET"))
+
+
+# --------------------------------------------------------------------------------------------------
 # Timing
 
 
@@ -186,13 +274,14 @@ def run(args, models: dict, fns: dict, pixels, ids, progress) -> dict:
     return results
 
 
-def table(results: dict, cfg, args) -> list[dict]:
+def table(results: dict, cfg, args, peaks: dict) -> list[dict]:
+    """The rows; `peaks` (dtype -> TFLOP/s) holds the peaks measured so far in this run."""
     per_item = {
         "train": flops.train_step_flops(cfg, args.batch_size) / args.batch_size,
         "image": flops.image_flops(cfg),
         "text": flops.text_flops(cfg),
     }
-    rows, peaks = [], {}
+    rows = []
     for (task, precision), by_model in results.items():
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         if dtype not in peaks:  # measured now, in the same run as the rates it divides
@@ -203,6 +292,7 @@ def table(results: dict, cfg, args) -> list[dict]:
         for m, v in med.items():
             row[m] = v
             row[f"mfu_{m}"] = per_item[task] * v / (peak * 1e12)
+            row[f"gflops_{m}"] = per_item[task] * v / 1e9
         for m in med:
             if m != "ours":
                 row[f"ours/{m}"] = med["ours"] / med[m]
@@ -210,7 +300,7 @@ def table(results: dict, cfg, args) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict], models: tuple[str, ...]) -> None:
+def print_table(rows: list[dict], models: list[str]) -> None:
     head = f"{'task':<7}{'prec':<6}{'unit':<9}" + "".join(f"{m:>14}" for m in models)
     head += "".join(f"{'ours/' + m:>18}" for m in models[1:]) + "   MFU " + "/".join(models)
     print(head)
@@ -236,6 +326,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1, help="calls per timing")
     p.add_argument("--tasks", nargs="+", default=["train", "image", "text"], choices=list(UNITS))
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--peers", nargs="*", default=list(MODELS[1:]), choices=MODELS[1:], help="peers to time")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the matmul peak for MFU (0 = measure, cached)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = p.parse_args(argv)
@@ -245,50 +336,59 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> None:
-    from tqdm import tqdm
-
-    args = parse_args(argv)
+def build(args) -> tuple[dict, dict]:
+    """The models (ours and the peers asked for, the same weights) and their timed functions."""
     torch.manual_seed(0)
     oc = build_open_clip(args.size, args.depth)
     ours = ours_from_open_clip(oc.state_dict())
     set_fused_qkv(ours, args.fused_qkv)
-    models = {"ours": ours, "transformers": transformers_from_ours(ours), "open_clip": oc}
-    cfg = ours.config
+    models = {"ours": ours, "transformers": transformers_from_ours(ours) if "transformers" in args.peers else None}
+    models["open_clip"] = oc
+    models = {m: v for m, v in models.items() if m == "ours" or m in args.peers}
     for m in models.values():
         m.to(args.device)
-    fns = {
-        "ours": ours_fns(ours),
-        "transformers": transformers_fns(models["transformers"]),
-        "open_clip": open_clip_fns(oc),
-    }
+    make = {"ours": ours_fns, "transformers": transformers_fns, "open_clip": open_clip_fns}
+    fns = {m: make[m](v) for m, v in models.items()}
     if args.compile:
         fns = {m: {k: torch.compile(f) for k, f in d.items()} for m, d in fns.items()}
+    return models, fns
+
+
+def main(argv=None) -> None:
+    import logging
+
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # siglip.inference's choice
+    models, fns = build(args)
+    cfg = models["ours"].config
     pixels = torch.rand(args.batch_size, 3, cfg.image_size, cfg.image_size, device=args.device) * 2 - 1
     ids = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.text_length), device=args.device)
-    diff = check_same_outputs(models, fns, pixels, ids)
+    diff = check_same_outputs(models, fns, pixels, ids) if len(models) > 1 else 0.0
     if diff > 1e-3:
-        raise SystemExit(f"the three models disagree (embeddings differ by {diff:.2e}): not the same weights")
+        raise SystemExit(f"the models disagree (embeddings differ by {diff:.2e}): not the same weights")
     total = len(args.tasks) * len(args.precisions) * args.repeats * len(models)
     with tqdm(total=total, desc="timing", file=sys.stderr, disable=args.json) as progress:
-        rows = table(run(args, models, fns, pixels, ids, progress), cfg, args)
+        results = run(args, models, fns, pixels, ids, progress)
+    cpu = cpu_report(args, models["ours"]) if args.device.type == "cpu" else None
+    peaks = (
+        {} if cpu is None else {torch.float32: cpu["peak_tflops"]["fp32"], torch.bfloat16: cpu["peak_tflops"]["bf16"]}
+    )
+    rows = table(results, cfg, args, peaks)
     threads = torch.get_num_threads() if args.device.type == "cpu" else None
-    setup = dict(
-        size=args.size, depth=args.depth or cfg.image.depth, batch_size=args.batch_size, device=str(args.device)
-    )
-    setup.update(
-        compile=args.compile,
-        fused_qkv=args.fused_qkv,
-        repeats=args.repeats,
-        steps=args.steps,
-        threads=threads,
-        max_diff=diff,
-    )
+    keys = ("size", "depth", "batch_size", "device", "compile", "fused_qkv", "repeats", "steps")
+    setup = {k: str(getattr(args, k)) if k == "device" else getattr(args, k) for k in keys}
+    setup.update(depth=args.depth or cfg.image.depth, threads=threads, max_diff=diff)
     if args.json:
-        print(json.dumps({"setup": setup, "rows": rows}, indent=1))
+        print(json.dumps({"setup": setup, "cpu": cpu, "rows": rows}, indent=1))
         return
     print(" ".join(f"{k}={v}" for k, v in setup.items()))
-    print_table(rows, MODELS)
+    if cpu is not None:
+        print_cpu(cpu)
+    print_table(rows, list(models))
+    if cpu is not None:
+        print_targets(rows, cpu)
 
 
 if __name__ == "__main__":

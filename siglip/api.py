@@ -16,8 +16,9 @@ Images reach the image tower in two steps: `preprocess` (the checkpoint's own, b
 `encode_prepared` (model inputs -> unit fp32 rows), the one call into the image tower. `embed_images`,
 `score`, `classify` and the `siglip` command (whose DataLoader workers apply `preprocess`) all use them.
 `encode_image` / `encode_text` (the module's signatures, for code written against `SigLIP`) run the
-same packed towers (`siglip.inference`), so every embedding method runs at one speed; training uses
-the module, `model.model`.
+same packed towers (`siglip.inference`) where no gradient can be asked for, so every embedding method
+runs at one speed; where one can (grad mode on and a weight or input that requires grad, in eval mode
+too) they run the module, so gradients flow as through `model.model`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from siglip.checkpoint import tokenizer_from_payload
 from siglip.config import model_config_from_dict
 from siglip.data import load_image
 from siglip.interop.detect import load_payload
-from siglip.model import SigLIP, l2_normalize
+from siglip.model import SigLIP, empty_model, l2_normalize
 from siglip.naflex import NaFlexPatches, stack_images
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import checkpoint_transform
@@ -75,10 +76,10 @@ def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 class Model:
     """A SigLIP model ready to use: `model` (the `SigLIP` module, eval mode), `preprocess` (PIL image
     -> (3, S, S) in [-1, 1]), `tokenizer` (list of str -> (n, L) ids), `path`, `fingerprint`.
-    `encode_image` / `encode_text` take the module's arguments and return its outputs, through the
-    same packed towers as `embed_images` (`siglip.inference`). Other attributes (`t`, `b`, `config`,
-    `parameters`, ...) are the `SigLIP` module's, so code written for it keeps working; to train,
-    use the module itself, `model.model`."""
+    `encode_image` / `encode_text` take the module's arguments and return its outputs and gradients
+    (the packed towers of `embed_images` run only where autograd cannot need them). Other attributes
+    (`t`, `b`, `config`, `parameters`, ...) are the `SigLIP` module's, so code written for it keeps
+    working; to train, use the module itself, `model.model`."""
 
     def __init__(
         self,
@@ -111,34 +112,20 @@ class Model:
         """(zimg, ztxt) as `SigLIP.forward`: `encode_image(pixels)`, `encode_text(ids)`."""
         return self.encode_image(pixels), self.encode_text(ids)
 
-    def _packed(self, *inputs: Tensor | NaFlexPatches | None) -> bool:
-        """Embed through the packed towers: no gradient is asked for. A module in training mode, or an
-        input that requires grad under grad mode, runs the module with autograd as it would alone."""
-        if self.model.training:
-            return False
-        tensors = [x for i in inputs if i is not None for x in (i if isinstance(i, NaFlexPatches) else (i,))]
-        return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-
     def encode_image(
         self, pixels: Tensor | NaFlexPatches, mask: Tensor | None = None, spatial_shapes: Tensor | None = None
     ) -> Tensor:
         """`SigLIP.encode_image`: (n, 3, S, S) pixels in [-1, 1] (or NaFlex patches, mask, shapes) ->
         (n, d) unit rows in the model's dtype and on its device, as the module returns them (to 1e-6
-        in fp32), through the packed image tower (`embed_images`'s path; no autograd history). Pixels
-        that require grad, or `model.model.train()`, run the module with autograd instead."""
-        if not self._packed(pixels, mask, spatial_shapes):
-            return self.model.encode_image(pixels, mask, spatial_shapes)
-        with torch.no_grad():
-            return inference.encode_image(self.model, pixels, mask, spatial_shapes)
+        in fp32). Where autograd cannot need the result (under `torch.no_grad()` / `inference_mode()`,
+        or nothing requires grad) it runs the packed image tower (`embed_images`'s path); elsewhere the
+        module, with gradients, whatever its mode (`siglip.inference.run_tower`)."""
+        return inference.encode_image(self.model, pixels, mask, spatial_shapes)
 
     def encode_text(self, ids: Tensor) -> Tensor:
         """`SigLIP.encode_text`: (n, L) token ids -> (n, d) unit rows, as the module returns them (to
-        1e-6 in fp32), through the packed text tower (`embed_texts`'s path; no autograd history).
-        `model.model.train()` runs the module with autograd instead."""
-        if not self._packed():
-            return self.model.encode_text(ids)
-        with torch.no_grad():
-            return inference.encode_text(self.model, ids)
+        1e-6 in fp32); the packed text tower or the module, as `encode_image` chooses."""
+        return inference.encode_text(self.model, ids)
 
     def __repr__(self) -> str:
         c = self.model.config
@@ -276,8 +263,7 @@ def load(
             f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"
         )
     cfg = model_config_from_dict(payload["model_config"])
-    with torch.device("meta"):  # no random init: every tensor comes from the file
-        net = SigLIP(cfg)
+    net = empty_model(cfg)  # no random init: every tensor comes from the file
     missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(

@@ -12,12 +12,17 @@ run a copy of the tower in which
   the MAP head's cross-attention).
 The maths is the module's: outputs agree to about 1e-6 in fp32 and to bf16 rounding under
 autocast (`tests/test_inference.py`). Elsewhere (a GPU, fp16, sharded parameters, a build of torch
-without oneDNN) the module itself runs.
+without oneDNN) the module itself runs. The packed copy has no autograd graph, so it runs only where
+autograd cannot need one: under `torch.no_grad()` / `torch.inference_mode()`, or when neither the
+tower's parameters nor the inputs require grad. Everywhere else the module runs, in eval mode too,
+and gradients flow as through the module (`tests/test_embedding_path.py`).
 
 The packed copy is made at the first call and kept while the weights are unchanged: it is keyed on
 each parameter's storage and version counter, so an optimizer step or `load_state_dict` between two
 evaluations repacks. It costs the weights once more in the packed dtype (bf16: half the fp32 size);
-`SIGLIP_PACKED=0` in the environment turns packing off.
+Whether it runs is also a matter of speed: on the first call, the packed copy and the module are
+timed on that call's shapes and the faster is kept, cached per CPU model, tower and dtype
+(`siglip.inference_choice`); `SIGLIP_PACKED=0` in the environment turns packing off, `=1` forces it.
 B/16 on 2 CPU cores, batch 8: 1.1-1.2x the module's speed in bf16 and 1.25-1.4x in fp32
 (`benchmarks/throughput.py` compares it with transformers and open_clip).
 """
@@ -25,17 +30,16 @@ B/16 on 2 CPU cores, batch 8: 1.1-1.2x the module's speed in bf16 and 1.25-1.4x 
 from __future__ import annotations
 
 import copy
-import os
 import weakref
 
 import torch
 from torch import Tensor, nn
 
+from siglip import inference_choice
 from siglip.model import MLP, Attention, MAPHead, SigLIP, l2_normalize
 from siglip.naflex import NaFlexPatches
 
 PACKABLE = (torch.float32, torch.bfloat16)
-ENABLED = os.environ.get("SIGLIP_PACKED", "1") != "0"  # SIGLIP_PACKED=0: always the module itself
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tower -> (key, packed copy)
 
 
@@ -131,7 +135,7 @@ def compute_dtype(tower: nn.Module) -> torch.dtype | None:
     """The dtype a packed copy of `tower` would compute in here, or None when the module itself
     should run (not on the CPU, fp16, sharded or inference-mode parameters, no oneDNN)."""
     params = list(tower.parameters())
-    if not ENABLED or not params or tower.training or not torch.backends.mkldnn.is_available():
+    if inference_choice.forced() is False or not params or tower.training or not torch.backends.mkldnn.is_available():
         return None
     p = params[0]
     if p.device.type != "cpu" or type(p.data) is not torch.Tensor or p.is_inference():
@@ -146,11 +150,13 @@ def compute_dtype(tower: nn.Module) -> torch.dtype | None:
     return dtype
 
 
-def packed_tower(tower: nn.Module) -> nn.Module:
+def packed_tower(tower: nn.Module, inputs: tuple[Tensor | None, ...] = ()) -> nn.Module:
     """The packed copy of `tower` for the current dtype (made now or kept from an earlier call with
-    the same weights), or `tower` itself where packing does not apply."""
+    the same weights), or `tower` itself where packing does not apply or the module is faster on
+    this CPU (`siglip.inference_choice`, timed on `inputs` the first time)."""
     dtype = compute_dtype(tower)
-    if dtype is None:
+    choice = None if dtype is None else inference_choice.decided(tower, dtype)
+    if dtype is None or choice is False:
         return tower
     key = (dtype, tuple((p.data_ptr(), p._version) for p in tower.parameters()))
     hit = _PACKED.get(tower)
@@ -158,6 +164,8 @@ def packed_tower(tower: nn.Module) -> nn.Module:
         return hit[1]
     with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
         packed = packed_copy(tower, dtype)
+    if choice is None and not inference_choice.measure(tower, packed, dtype, inputs):
+        return tower  # the module is faster here: the copy is dropped
     _PACKED[tower] = (key, packed)
     return packed
 
@@ -187,19 +195,41 @@ def forget(model: nn.Module) -> None:
             _PACKED.pop(tower, None)
 
 
+def needs_autograd(tower: nn.Module, *inputs: Tensor | None) -> bool:
+    """Whether a call of `tower` on `inputs` could be asked for gradients: grad mode is on (not under
+    `torch.no_grad()` / `torch.inference_mode()`) and a parameter of the tower or an input requires
+    grad. The packed copy has no autograd graph, so it runs only where this is False; eval mode alone
+    says nothing about it (linear probes, adapters and attributions train through eval-mode towers)."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p.requires_grad for p in tower.parameters()) or any(x is not None and x.requires_grad for x in inputs)
+
+
+def run_tower(tower: nn.Module, *inputs: Tensor | None) -> Tensor:
+    """`tower(*inputs)`: through its packed copy where that applies and autograd cannot need the
+    result, else the module itself, with autograd as it would run alone."""
+    if needs_autograd(tower, *inputs):
+        return tower(*inputs)
+    fast = packed_tower(tower, inputs)
+    if fast is tower:
+        return tower(*inputs)
+    with torch.no_grad():  # nothing requires grad here: no graph either way
+        return fast(*inputs)
+
+
 def encode_image(model: SigLIP, pixels, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
-    """`model.encode_image(...)`, through the packed image tower where it applies."""
+    """`model.encode_image(...)`, through the packed image tower where it applies (`run_tower`)."""
     model = _unwrap(model)
     if not isinstance(model, SigLIP):  # something else with an encode_image: its own
         return model.encode_image(pixels, mask, spatial_shapes)
     if isinstance(pixels, NaFlexPatches):
         pixels, mask, spatial_shapes = pixels
-    return l2_normalize(packed_tower(model.image)(pixels, mask, spatial_shapes))
+    return l2_normalize(run_tower(model.image, pixels, mask, spatial_shapes))
 
 
 def encode_text(model: SigLIP, ids: Tensor) -> Tensor:
-    """`model.encode_text(ids)`, through the packed text tower where it applies."""
+    """`model.encode_text(ids)`, through the packed text tower where it applies (`run_tower`)."""
     model = _unwrap(model)
     if not isinstance(model, SigLIP):
         return model.encode_text(ids)
-    return l2_normalize(packed_tower(model.text)(ids))
+    return l2_normalize(run_tower(model.text, ids))

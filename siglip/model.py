@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from siglip.config import ModelConfig, TowerConfig
 from siglip.naflex import NaFlexPatches, resize_positions
@@ -299,3 +300,21 @@ class SigLIP(nn.Module):
     def logits(self, zimg: Tensor, ztxt: Tensor) -> Tensor:
         """(n_img, n_txt) = t * zimg @ ztxt.T + b; sigmoid of it is the pair probability."""
         return self.t * zimg @ ztxt.T + self.b
+
+
+class _SkipInit(TorchFunctionMode):
+    """Inside: torch.nn.init's functions return their tensor untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", "") == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def empty_model(cfg: ModelConfig) -> SigLIP:
+    """`SigLIP(cfg)` on the meta device with no init run: shapes only, for weights assigned from a
+    file (`load_state_dict(..., assign=True)`). An init on the meta device would run torch's Python
+    reference of `normal_`, whose first call imports torch._dynamo (1-1.5 s of `siglip search`)."""
+    with torch.device("meta"), _SkipInit():
+        return SigLIP(cfg)

@@ -17,17 +17,49 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision import transforms as T
-from torchvision.transforms.v2 import functional as TF  # v2: uint8 resizing as the SigLIP 2 processor does it
 
 from siglip.config import ModelConfig
 from siglip.naflex import NaFlexPatches, patchify
 
-RESAMPLE = {
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "nearest": T.InterpolationMode.NEAREST,
-}
+# torchvision (about 1.3 s to import: it pulls in torch._dynamo) is imported when a transform is built
+# or first called, not with this module, so `siglip search "text"` and `siglip --help` never load it
+RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}  # -> T.InterpolationMode
+
+
+def _interpolation(resample: str):
+    from torchvision.transforms import InterpolationMode
+
+    return getattr(InterpolationMode, RESAMPLE[resample])
+
+
+class Deferred:
+    """`build(*args)`, made at the first call or attribute access (the torchvision import with it)
+    and kept: a model's transform costs nothing to load where no image is read. Picklable, for
+    DataLoader workers."""
+
+    def __init__(self, build: Callable, *args):
+        self.build, self.args, self.fn = build, args, None
+
+    def __call__(self, img: Image.Image):
+        return ready(self)(img)
+
+    def __getattr__(self, name: str):  # the built transform's attributes (`.transforms` of a Compose)
+        if name.startswith("__") or name in ("build", "args", "fn"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(ready(self), name)
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.build.__name__}{self.args})"
+
+
+def ready(transform: Callable) -> Callable:
+    """`transform`, built now if it is `Deferred`: before DataLoader workers fork, so that they
+    inherit torchvision rather than each importing it."""
+    if isinstance(transform, Deferred):
+        if transform.fn is None:
+            transform.fn = transform.build(*transform.args)
+        return transform.fn
+    return transform
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -56,7 +88,9 @@ def image_transform(
     """The preprocessing function. With every augmentation off this is the evaluation transform."""
     if resample not in RESAMPLE:
         raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
-    mode = RESAMPLE[resample]
+    from torchvision import transforms as T
+
+    mode = _interpolation(resample)
     steps: list = [to_rgb]
     if random_resized_crop:
         steps.append(T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), interpolation=mode, antialias=True))
@@ -118,9 +152,11 @@ def naflex_transform(
         raise ValueError(f"max_num_patches must be >= 1, got {max_num_patches}")
 
     def transform(img: Image.Image) -> NaFlexPatches:
+        from torchvision.transforms.v2 import functional as TF  # v2: uint8 resizing as the SigLIP 2 processor
+
         x = TF.pil_to_tensor(to_rgb(img))  # (3, H, W) uint8
         h, w = naflex_size(x.shape[1], x.shape[2], patch_size, max_num_patches)
-        x = TF.resize(x, [h, w], interpolation=RESAMPLE[resample], antialias=True)
+        x = TF.resize(x, [h, w], interpolation=_interpolation(resample), antialias=True)
         x = (x.float() - 127.5) / 127.5  # = (x / 255 - 0.5) / 0.5
         patches = patchify(x, patch_size)  # (h*w / p^2, p*p*3)
         n = patches.shape[0]
@@ -144,11 +180,15 @@ def checkpoint_transform(preprocess: dict) -> Callable[[Image.Image], Tensor | N
     ({"image_size": S, "resample": "bicubic" | "bilinear" | "nearest"}, plus "patch_size" and
     "max_num_patches" for a NaFlex model): the one place where what a model file says becomes a
     transform (`siglip.load` and the `siglip` command use it). NaFlex items are `NaFlexPatches`:
-    batch them with `siglip.naflex.stack_images`."""
+    batch them with `siglip.naflex.stack_images`. The square transform is `Deferred`: built (and
+    torchvision imported) at its first image."""
     if preprocess.get("max_num_patches"):
         patch = int(preprocess["patch_size"])
         return naflex_transform(patch, int(preprocess["max_num_patches"]), preprocess.get("resample", "bilinear"))
-    return image_transform(int(preprocess["image_size"]), preprocess.get("resample", "bicubic"))
+    resample = preprocess.get("resample", "bicubic")
+    if resample not in RESAMPLE:  # the error now, when the model loads, not at its first image
+        raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
+    return Deferred(image_transform, int(preprocess["image_size"]), resample)
 
 
 def model_transform(cfg: ModelConfig, preprocess: dict, **augment) -> Callable[[Image.Image], Tensor | NaFlexPatches]:

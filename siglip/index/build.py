@@ -28,6 +28,7 @@ from siglip.index.ann_update import follow_append
 from siglip.index.sources import Item
 from siglip.index.store import check_model, consolidate, done_keys, read_meta, read_parts, replacing, write_part
 from siglip.naflex import stack_images
+from siglip.transforms import ready
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _unit_batches(units: list[list[int]], batch_size: int) -> list[list[int]]:
 def _image_rows(model: Model, items: list[Item], units: list[list[int]], opts: EmbedOptions) -> Iterator:
     """Per batch: (positions embedded, (m, d) rows, [(position, reason)] skipped)."""
     loader = DataLoader(
-        _Images(items, model.preprocess),
+        _Images(items, ready(model.preprocess) if opts.workers else model.preprocess),
         batch_sampler=_unit_batches(units, opts.batch_size),
         num_workers=opts.workers,
         collate_fn=_collate,

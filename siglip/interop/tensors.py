@@ -15,7 +15,7 @@ from torch import Tensor
 
 from siglip.checkpoint import FORMAT, VERSION, Payload, load_verified, preprocess_dict, tokenizer_entry
 from siglip.config import SIZES, ModelConfig
-from siglip.model import SigLIP
+from siglip.model import empty_model
 from siglip.tokenizer import SENTENCEPIECE, TOKENIZER_JSON
 from siglip.tokenizer_json import special_names
 
@@ -149,5 +149,4 @@ def make_payload(
 
 
 def model_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        return {k: v.shape for k, v in SigLIP(cfg).state_dict().items()}
+    return {k: v.shape for k, v in empty_model(cfg).state_dict().items()}
