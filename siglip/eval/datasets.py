@@ -1,9 +1,10 @@
 """Evaluation datasets as users have them on disk: readers for zero-shot classification and retrieval.
 
 Zero-shot (`classification_set`): imagenet (three layouts, detected), cifar10 / cifar100 (the python
-pickles), folder (one sub-folder per class), digits (the bundled demo's held-out split).
+pickles), folder (one sub-folder per class), digits (the bundled demo's held-out split; train: its
+training images with their labels), wds (CLIP_benchmark's webdataset copies, siglip.eval.wds).
 Retrieval (`retrieval_set`): flickr30k (Karpathy JSON or .token), coco (Karpathy JSON or official
-captions JSON), manifest (CSV/TSV/JSONL of image,caption), digits (the held-out pairs).
+captions JSON), manifest (CSV/TSV/JSONL of image,caption), digits (the held-out pairs), wds.
 
 Readers only list files and labels; images are decoded later, in DataLoader workers. An image that is
 listed but missing on disk stays in the list and counts as unreadable (a miss), never as absent.
@@ -28,6 +29,7 @@ from siglip.eval.sets import (
     group_pairs,
     looked_for,
 )
+from siglip.eval.wds import read_wds_classification, read_wds_retrieval
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,21 @@ def classification_set(
         classnames = read_classnames(classnames_file) if classnames_file else [f.replace("_", " ") for f in folders]
         templates = FOLDER_TEMPLATES
     elif dataset == "digits":
-        from siglip.data.digits import ensure_digits
+        from siglip.data.digits import DIGITS_CLASSNAMES, ensure_digits, train_labels
 
-        # The held-out folders are named by DIGITS_CLASSNAMES; labels index the sorted folder names.
-        images, labels, folders = read_class_folder(ensure_digits(data_path) / (split or "heldout"))
+        if split == "train":  # the training images, labelled as the held-out split is (few-shot probes)
+            images, digits = train_labels(data_path)
+            folders = sorted(DIGITS_CLASSNAMES)
+            labels = [folders.index(DIGITS_CLASSNAMES[d]) for d in digits]
+        else:  # the held-out folders are named by DIGITS_CLASSNAMES; labels index the sorted folder names
+            images, labels, folders = read_class_folder(ensure_digits(data_path) / (split or "heldout"))
         classnames = read_classnames(classnames_file) if classnames_file else folders
         templates = DIGITS_TEMPLATES
+    elif dataset == "wds":
+        images, labels, classnames, templates = read_wds_classification(data_path, split or "test")
+        if not templates and not templates_file:  # few-shot probes need none; zero-shot refuses to run
+            log.warning("%s: no zeroshot_classification_templates.txt (zero-shot needs --templates FILE)", data_path)
+        classnames = read_classnames(classnames_file) if classnames_file else classnames
     else:
         raise ValueError(f"unknown zero-shot dataset {dataset!r}: choose one of {ZERO_SHOT_DATASETS}")
     if templates_file:
@@ -143,4 +154,6 @@ def retrieval_set(dataset: str, data_path: str | Path, split: str = "") -> Retri
         from siglip.data.digits import ensure_digits
 
         return group_pairs(read_manifest(ensure_digits(root) / f"{'heldout' if split == 'test' else split}.csv"))
+    if dataset == "wds":
+        return read_wds_retrieval(root, split)
     raise ValueError(f"unknown retrieval dataset {dataset!r}: choose one of {RETRIEVAL_DATASETS}")
