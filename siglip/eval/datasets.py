@@ -79,14 +79,7 @@ def classification_set(
         classnames = read_classnames(classnames_file) if classnames_file else [f.replace("_", " ") for f in folders]
         templates = FOLDER_TEMPLATES
     elif dataset == "digits":
-        from siglip.data.digits import DIGITS_CLASSNAMES, ensure_digits, train_labels
-
-        if split == "train":  # the training images, labelled as the held-out split is (few-shot probes)
-            images, digits = train_labels(data_path)
-            folders = sorted(DIGITS_CLASSNAMES)
-            labels = [folders.index(DIGITS_CLASSNAMES[d]) for d in digits]
-        else:  # the held-out folders are named by DIGITS_CLASSNAMES; labels index the sorted folder names
-            images, labels, folders = read_class_folder(ensure_digits(data_path) / (split or "heldout"))
+        images, labels, folders = _digits(data_path, split)
         classnames = read_classnames(classnames_file) if classnames_file else folders
         templates = DIGITS_TEMPLATES
     elif dataset == "wds":
@@ -104,6 +97,19 @@ def classification_set(
             f"{dataset}: {len(classnames)} class names for {n_classes} classes ({classnames_file or data_path})"
         )
     return ClassificationSet(images, labels, classnames, templates)
+
+
+def _digits(data_path: Path, split: str) -> tuple[list[str], list[int], list[str]]:
+    """(images, labels, class names) of the demo digits: the held-out folders are named by
+    DIGITS_CLASSNAMES and labels index the sorted folder names; `train` (few-shot probes) is the
+    training images, labelled the same way."""
+    from siglip.data.digits import DIGITS_CLASSNAMES, ensure_digits, train_labels
+
+    if split != "train":
+        return read_class_folder(ensure_digits(data_path) / (split or "heldout"))
+    images, digits = train_labels(data_path)
+    folders = sorted(DIGITS_CLASSNAMES)
+    return images, [folders.index(DIGITS_CLASSNAMES[d]) for d in digits], folders
 
 
 def retrieval_set(dataset: str, data_path: str | Path, split: str = "") -> RetrievalSet:

@@ -143,7 +143,7 @@ def _samples(folder: Path, split: str, wanted: str) -> list[tuple[TarImage, byte
 def read_wds_classification(
     folder: str | Path, split: str = "test"
 ) -> tuple[list[TarImage], list[int], list[str], list[str]]:
-    """(images, labels, class names, templates with `{}` for the class name) of a classification set."""
+    """(images, labels, class names, templates with `{0}` for the class name) of a classification set."""
     folder = Path(folder)
     kind = dataset_type(folder)
     if kind != "classification":
@@ -166,8 +166,9 @@ def read_wds_classification(
 
 
 def _our_template(template: str) -> str:
-    """clip_benchmark fills `template.format(c=name)`; ours fill `template.format(name)`."""
-    return template.replace("{", "{{").replace("}", "}}").replace("{{c}}", "{}")
+    """clip_benchmark fills `template.format(c=name)`; ours fill `template.format(name)`: every `{c}`
+    becomes `{0}` (a template may name the class twice), any other brace is kept literally."""
+    return template.replace("{", "{{").replace("}", "}}").replace("{{c}}", "{0}")
 
 
 def read_wds_retrieval(folder: str | Path, split: str = "test") -> RetrievalSet:
