@@ -134,3 +134,37 @@ def test_whole_path_features_once_per_split(tiny, monkeypatch):
     out = run_evals([ev], model, tokenizer, 16, "bicubic", "", num_workers=0)
     assert out["wds/fewshot_4shot_acc1"] == pytest.approx(metrics["4shot_acc1"], abs=1e-6)
     assert out["wds/fewshot_unreadable_images"] == 0
+
+
+def test_cifar_arrays_and_class_folders(tiny, tmp_path):
+    """The other readers' splits: CIFAR's pixel arrays (train = data_batch_1..5) and DIR/train, DIR/test
+    class folders; splits naming different classes are refused."""
+    import pickle
+
+    from PIL import Image
+
+    _, model, _ = tiny
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=2)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(d / name, "wb") as f:
+            rows = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
+            pickle.dump({b"labels": list(range(10)), b"data": rows}, f, protocol=2)
+    transform = image_transform(16, "bicubic")
+    train, test = classification_set("cifar10", tmp_path, "train"), classification_set("cifar10", tmp_path)
+    metrics = evaluate_fewshot(model, transform, train, test, (1, 3), seeds=2, num_workers=0)
+    assert len(train.labels) == 50 and 0 <= metrics["3shot_acc1"] <= 1 and "3shot_acc1_seed1" in metrics
+    for split, classes in (("train", ["cat", "dog"]), ("test", ["cat", "dog", "emu"])):
+        for c in classes:
+            (tmp_path / "f" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (9, 9), (40 * i, 90, len(c) * 30)).save(tmp_path / "f" / split / c / f"{i}.png")
+    train, test = (
+        classification_set("folder", tmp_path / "f", "train"),
+        classification_set("folder", tmp_path / "f", "test"),
+    )
+    with pytest.raises(ValueError, match="different classes"):
+        evaluate_fewshot(model, transform, train, test, (1,), seeds=1, num_workers=0)
