@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from siglip.config import ModelConfig
+from siglip.config import EvalConfig, ModelConfig
 from siglip.eval.datasets import classification_set, retrieval_set
+from siglip.eval.evaluators import run_evals
 from siglip.eval.results import output_file
 from siglip.eval.retrieval import evaluate_retrieval
 from siglip.eval.wds import wds_list
@@ -140,6 +141,8 @@ def test_classification_equals_clip_benchmark(world, monkeypatch):
     assert 0 < ours["acc1"] < 1, "a set every model gets all right or all wrong cannot tell readers apart"
     for k in ("acc1", "acc5", "mean_per_class_recall"):
         assert abs(ours[k] - theirs[k]) <= 1 / n + 1e-9, (k, ours[k], theirs[k])
+    during_training = run_evals([EvalConfig(dataset="wds", path=str(folder))], model, tokenizer, 16, "bicubic", "", 0)
+    assert during_training["wds/acc1"] == ours["acc1"]  # EvalConfig(dataset="wds"): the script's numbers
 
 
 def test_retrieval_equals_clip_benchmark(world):
