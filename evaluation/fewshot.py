@@ -12,6 +12,7 @@ cifar100, folder, digits, wds); --train-split and --split name the two splits (d
 the dataset's evaluation split; for folder: DIR/train and DIR/test). Details: docs/evaluate.md.
 """
 
+import argparse
 import logging
 
 import torch
@@ -29,6 +30,7 @@ parser = eval_arguments(
     "the dataset folder (for digits: where it is written)",
     "the test split: '' = val (imagenet), test (cifar, wds, folder), heldout (digits)",
 )
+parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter  # --help shows the examples
 parser.add_argument("--train-split", default="", help="the split shots are drawn from ('' = train)")
 parser.add_argument("--shots", default="1,5,10,25", help="shot counts per class, comma-separated")
 parser.add_argument("--seeds", type=int, default=3, help="draws per shot count (seeds 0..N-1)")
