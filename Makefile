@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers,report,tensorboard]'
 	$(PY) -m pip install -q --no-deps 'clip-retrieval==2.45.0'  # its ClipClient and clip-front, for the serve tests
+	$(PY) -m pip install -q --no-deps 'clip-benchmark==1.6.2'  # its wds builder and metrics, for tests/test_eval_wds.py
 	touch $@
 
 demo: $(VENV)/.demo

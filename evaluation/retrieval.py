@@ -2,23 +2,28 @@
 
     python evaluation/retrieval.py --model-path ./checkpoints/siglip_base.pt --dataset flickr30k --data-path /data/flickr30k
     python evaluation/retrieval.py --model-path runs/demo/siglip_demo.pt --dataset digits --data-path data/digits
+    python evaluation/retrieval.py --model-path M --dataset wds --data-path /data/wds_flickr30k
     -> a progress bar, a small table, and with --output results.json the result in CLIP_benchmark's layout
 
 Metrics: image_retrieval_recall@{1,5,10} (text query, image found), text_retrieval_recall@{1,5,10}
 (image query, any of its captions found), and the mean and median rank of each direction.
 Datasets: flickr30k (dataset_flickr30k.json, or results_20130124.token with --split all|FILE),
 coco (dataset_coco.json, or annotations/captions_<split>.json with --split val2014|val2017),
-manifest (a CSV/TSV/JSONL of image,caption rows), digits (the bundled demo's held-out pairs).
+manifest (a CSV/TSV/JSONL of image,caption rows), digits (the bundled demo's held-out pairs), wds (a
+CLIP_benchmark webdataset folder with dataset_type.txt "retrieval", every .txt line a caption; or a
+list file of folders: one JSON per set, in --output FOLDER or a name with {dataset}).
 """
 
 import logging
+from pathlib import Path
 
 import torch
 
 import siglip
 from siglip.eval.datasets import RETRIEVAL_DATASETS, retrieval_set
-from siglip.eval.results import benchmark_record, eval_arguments, format_table, write_results
+from siglip.eval.results import benchmark_record, eval_arguments, format_table, output_file, write_results
 from siglip.eval.retrieval import evaluate_retrieval
+from siglip.eval.wds import dataset_type, wds_list
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -32,13 +37,18 @@ args = parser.parse_args()
 
 device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 model = siglip.load(args.model_path, device=device)
-data = retrieval_set(args.dataset, args.data_path, args.split)
-print(f"{args.dataset}: {len(data.images)} images, {len(data.texts)} captions")
-metrics = evaluate_retrieval(
-    model, model.tokenizer, model.preprocess, data, args.batch_size, args.num_workers, args.bf16, progress=True
-)
-print(format_table(metrics))
-if args.output:
-    record = benchmark_record(args.dataset, model.config.variant, args.model_path, "zeroshot_retrieval", metrics)
-    write_results(args.output, record)
-    print(f"wrote {args.output}")
+listed = args.dataset == "wds" and Path(args.data_path).is_file()  # a list of sets: one JSON each
+for name, path in wds_list(args.data_path) if args.dataset == "wds" else [(args.dataset, args.data_path)]:
+    if listed and dataset_type(path) != "retrieval":
+        print(f"{name}: a {dataset_type(path)} set, skipped (evaluation/zero_shot.py runs classification sets)")
+        continue
+    data = retrieval_set(args.dataset, path, args.split)
+    print(f"{name}: {len(data.images)} images, {len(data.texts)} captions")
+    metrics = evaluate_retrieval(
+        model, model.tokenizer, model.preprocess, data, args.batch_size, args.num_workers, args.bf16, progress=True
+    )
+    print(format_table(metrics))
+    if output := output_file(args.output, name, "zeroshot_retrieval", listed):
+        record = benchmark_record(name, model.config.variant, args.model_path, "zeroshot_retrieval", metrics)
+        write_results(output, record)
+        print(f"wrote {output}")

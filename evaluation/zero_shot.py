@@ -2,20 +2,25 @@
 
     python evaluation/zero_shot.py --model-path ./checkpoints/siglip_base.pt --dataset imagenet --data-path /data/imagenet
     python evaluation/zero_shot.py --model-path runs/demo/siglip_demo.pt --dataset digits --data-path data/digits
+    python evaluation/zero_shot.py --model-path M --dataset wds --data-path /data/wds_cars
     -> a progress bar, a small table, and with --output results.json the result in CLIP_benchmark's layout
 
 Datasets: imagenet (synset folders, flat val + devkit, or Kaggle's layout: detected), cifar10 and
 cifar100 (the python pickles; --split test|train), folder (one sub-folder per class), digits (the
-bundled demo's held-out split). --templates / --classnames: your own lists, one entry per line.
+bundled demo's held-out split), wds (a CLIP_benchmark webdataset folder, or a list file of them: one
+JSON per set, in --output FOLDER or a name with {dataset}). --templates / --classnames: your own
+lists, one entry per line.
 """
 
 import logging
+from pathlib import Path
 
 import torch
 
 import siglip
 from siglip.eval.datasets import ZERO_SHOT_DATASETS, classification_set
-from siglip.eval.results import benchmark_record, eval_arguments, format_table, write_results
+from siglip.eval.results import benchmark_record, eval_arguments, format_table, output_file, write_results
+from siglip.eval.wds import dataset_type, wds_list
 from siglip.eval.zero_shot import evaluate_zero_shot
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -32,13 +37,18 @@ args = parser.parse_args()
 
 device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 model = siglip.load(args.model_path, device=device)
-data = classification_set(args.dataset, args.data_path, args.split, args.classnames, args.templates)
-print(f"{args.dataset}: {len(data.labels)} images, {len(data.classnames)} classes, {len(data.templates)} templates")
-metrics = evaluate_zero_shot(
-    model, model.tokenizer, model.preprocess, data, args.batch_size, args.num_workers, args.bf16, progress=True
-)
-print(format_table(metrics))
-if args.output:
-    record = benchmark_record(args.dataset, model.config.variant, args.model_path, "zeroshot_classification", metrics)
-    write_results(args.output, record)
-    print(f"wrote {args.output}")
+listed = args.dataset == "wds" and Path(args.data_path).is_file()  # a list of sets: one JSON each
+for name, path in wds_list(args.data_path) if args.dataset == "wds" else [(args.dataset, args.data_path)]:
+    if listed and dataset_type(path) != "classification":
+        print(f"{name}: a {dataset_type(path)} set, skipped (evaluation/retrieval.py runs retrieval sets)")
+        continue
+    data = classification_set(args.dataset, path, args.split, args.classnames, args.templates)
+    print(f"{name}: {len(data.labels)} images, {len(data.classnames)} classes, {len(data.templates)} templates")
+    metrics = evaluate_zero_shot(
+        model, model.tokenizer, model.preprocess, data, args.batch_size, args.num_workers, args.bf16, progress=True
+    )
+    print(format_table(metrics))
+    if output := output_file(args.output, name, "zeroshot_classification", listed):
+        record = benchmark_record(name, model.config.variant, args.model_path, "zeroshot_classification", metrics)
+        write_results(output, record)
+        print(f"wrote {output}")

@@ -148,19 +148,26 @@ class EvalConfig:
     """One evaluator run during and after training (siglip.eval.evaluators), the same code as
     evaluation/zero_shot.py and evaluation/retrieval.py.
 
-    task `zero_shot`: dataset imagenet, cifar10, cifar100, folder or digits (the demo's held-out
-    split); task `retrieval`: dataset flickr30k, coco, manifest or digits (the held-out pairs).
+    task `zero_shot`: dataset imagenet, cifar10, cifar100, folder, digits (the demo's held-out
+    split) or wds (a CLIP_benchmark webdataset folder); task `retrieval`: dataset flickr30k, coco,
+    manifest, digits (the held-out pairs) or wds; task `fewshot`: a zero_shot dataset, linear
+    probes on `train_split` scored on `split`, `shots` per class, `seeds`, `l2_reg`.
     `path`: the data folder or file ("" for digits = data.digits_root). `split`: "" = the dataset's
     evaluation split. `templates` / `classnames`: files, one entry per line ("" = the standard lists)."""
 
     dataset: str = "digits"
-    task: str = "zero_shot"  # zero_shot or retrieval
+    task: str = "zero_shot"  # zero_shot, retrieval or fewshot
     path: str = ""
     split: str = ""
     templates: str = ""
     classnames: str = ""
     every: int = 0  # steps between runs; 0 = only at the end
     batch_size: int = 256
+    # task `fewshot` (big_vision's linear probes, siglip.eval.fewshot): `split` is the test split
+    train_split: str = ""  # "" = train
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 25])
+    seeds: int = 3
+    l2_reg: float = 1024.0
 
 
 @dataclass

@@ -6,6 +6,12 @@ ships inside its package, written to disk as image-caption pairs. Nothing is dow
     root/heldout/<class name>/NNNN.png         (one folder per class: the zero-shot layout)
     root/heldout.csv                           (image,caption for the held-out images)
 The split is fixed: a seeded permutation, the last 20% held out.
+
+`write_wds(out, templates)` writes the same split as two CLIP_benchmark webdataset sets (shards only):
+    out/digits/{train,test}/0.tar (+ nshards.txt), classnames.txt, zeroshot_classification_templates.txt
+        (PNG + .cls: zero-shot and few-shot)
+    out/digits_captions/test/0.tar (+ nshards.txt), dataset_type.txt = retrieval   (PNG + .txt: retrieval)
+    python evaluation/digits_wds.py data/digits_wds
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.resources
+import io
 import os
 import random
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +108,46 @@ def ensure_digits(root: str | Path) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)
     return root
+
+
+def train_labels(root: str | Path) -> tuple[list[str], list[int]]:
+    """The training images (written by `ensure_digits`) with their labels: (paths, labels)."""
+    root = ensure_digits(root)
+    _, labels = load_digits_array()
+    train, _ = split_indices(len(labels))
+    return [str(root / "train" / f"{i:04d}.png") for i in train], [int(labels[i]) for i in train]
+
+
+def _write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (path.parent / "nshards.txt").write_text("1\n")
+
+
+def _png(scan: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    _to_image(scan).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_wds(out: str | Path, templates: list[str]) -> Path:
+    """The digits as CLIP_benchmark's webdataset sets under `out` (see the module docstring), with
+    the zero-shot `templates` (ours, `{}` for the class name; written with clip_benchmark's `{c}`)."""
+    out = Path(out)
+    images, labels = load_digits_array()
+    train, heldout = split_indices(len(labels))
+    for split, indices in (("train", train), ("test", heldout)):
+        samples = [(f"{i:04d}", {"png": _png(images[i]), "cls": str(int(labels[i])).encode()}) for i in indices]
+        _write_shard(out / "digits" / split / "0.tar", samples)
+    (out / "digits" / "classnames.txt").write_text("\n".join(DIGITS_CLASSNAMES) + "\n")
+    templates = [t.replace("{}", "{c}") for t in templates]
+    (out / "digits" / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    captions = [(f"{i:04d}", {"png": _png(images[i]), "txt": caption_for(i, int(labels[i])).encode()}) for i in heldout]
+    _write_shard(out / "digits_captions" / "test" / "0.tar", captions)
+    (out / "digits_captions" / "dataset_type.txt").write_text("retrieval\n")
+    return out

@@ -1,9 +1,10 @@
 """Evaluation datasets as users have them on disk: readers for zero-shot classification and retrieval.
 
 Zero-shot (`classification_set`): imagenet (three layouts, detected), cifar10 / cifar100 (the python
-pickles), folder (one sub-folder per class), digits (the bundled demo's held-out split).
+pickles), folder (one sub-folder per class), digits (the bundled demo's held-out split; train: its
+training images with their labels), wds (CLIP_benchmark's webdataset copies, siglip.eval.wds).
 Retrieval (`retrieval_set`): flickr30k (Karpathy JSON or .token), coco (Karpathy JSON or official
-captions JSON), manifest (CSV/TSV/JSONL of image,caption), digits (the held-out pairs).
+captions JSON), manifest (CSV/TSV/JSONL of image,caption), digits (the held-out pairs), wds.
 
 Readers only list files and labels; images are decoded later, in DataLoader workers. An image that is
 listed but missing on disk stays in the list and counts as unreadable (a miss), never as absent.
@@ -28,6 +29,7 @@ from siglip.eval.sets import (
     group_pairs,
     looked_for,
 )
+from siglip.eval.wds import read_wds_classification, read_wds_retrieval
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,14 @@ def classification_set(
         classnames = read_classnames(classnames_file) if classnames_file else [f.replace("_", " ") for f in folders]
         templates = FOLDER_TEMPLATES
     elif dataset == "digits":
-        from siglip.data.digits import ensure_digits
-
-        # The held-out folders are named by DIGITS_CLASSNAMES; labels index the sorted folder names.
-        images, labels, folders = read_class_folder(ensure_digits(data_path) / (split or "heldout"))
+        images, labels, folders = _digits(data_path, split)
         classnames = read_classnames(classnames_file) if classnames_file else folders
         templates = DIGITS_TEMPLATES
+    elif dataset == "wds":
+        images, labels, classnames, templates = read_wds_classification(data_path, split or "test")
+        if not templates and not templates_file:  # few-shot probes need none; zero-shot refuses to run
+            log.warning("%s: no zeroshot_classification_templates.txt (zero-shot needs --templates FILE)", data_path)
+        classnames = read_classnames(classnames_file) if classnames_file else classnames
     else:
         raise ValueError(f"unknown zero-shot dataset {dataset!r}: choose one of {ZERO_SHOT_DATASETS}")
     if templates_file:
@@ -93,6 +97,19 @@ def classification_set(
             f"{dataset}: {len(classnames)} class names for {n_classes} classes ({classnames_file or data_path})"
         )
     return ClassificationSet(images, labels, classnames, templates)
+
+
+def _digits(data_path: Path, split: str) -> tuple[list[str], list[int], list[str]]:
+    """(images, labels, class names) of the demo digits: the held-out folders are named by
+    DIGITS_CLASSNAMES and labels index the sorted folder names; `train` (few-shot probes) is the
+    training images, labelled the same way."""
+    from siglip.data.digits import DIGITS_CLASSNAMES, ensure_digits, train_labels
+
+    if split != "train":
+        return read_class_folder(ensure_digits(data_path) / (split or "heldout"))
+    images, digits = train_labels(data_path)
+    folders = sorted(DIGITS_CLASSNAMES)
+    return images, [folders.index(DIGITS_CLASSNAMES[d]) for d in digits], folders
 
 
 def retrieval_set(dataset: str, data_path: str | Path, split: str = "") -> RetrievalSet:
@@ -143,4 +160,6 @@ def retrieval_set(dataset: str, data_path: str | Path, split: str = "") -> Retri
         from siglip.data.digits import ensure_digits
 
         return group_pairs(read_manifest(ensure_digits(root) / f"{'heldout' if split == 'test' else split}.csv"))
+    if dataset == "wds":
+        return read_wds_retrieval(root, split)
     raise ValueError(f"unknown retrieval dataset {dataset!r}: choose one of {RETRIEVAL_DATASETS}")

@@ -41,7 +41,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor | None, int]:
         item = self.images[i]
         try:
-            img = Image.fromarray(item) if isinstance(item, np.ndarray) else load_image(item)
+            if isinstance(item, np.ndarray):
+                img = Image.fromarray(item)
+            else:  # a path, or an image inside a tar shard (siglip.eval.wds.TarImage) that opens itself
+                img = item.open() if hasattr(item, "open") else load_image(item)
             return self.transform(img), i
         except Exception as e:  # noqa: BLE001 - any decode failure: report and count
             log.warning("unreadable image %s: %s", item if isinstance(item, str) else f"#{i}", e)

@@ -33,6 +33,18 @@ def write_results(path: str | Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def output_file(output: str, dataset: str, task: str, listed: bool) -> str:
+    """Where a set's result goes: `--output` as given for one set. For a list of sets (clip_benchmark's
+    task lists), one file per set: `--output` with `{dataset}` and `{task}` filled in, or else a folder
+    (default: the current one) holding `<dataset>_<task>.json` ('/' in the name -> '_')."""
+    if not listed:
+        return output
+    slug = dataset.replace("/", "_")
+    if "{dataset}" in output:
+        return output.format(dataset=slug, task=task)
+    return str(Path(output or ".") / f"{slug}_{task}.json")
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Two aligned columns: metric, value (recalls and accuracies as percentages)."""
     width = max(len(k) for k in metrics)

@@ -48,6 +48,10 @@ def zero_shot_scores(
 ) -> tuple[Tensor, Tensor]:
     """(n, c) cosine scores image . class and the (n,) bool mask of readable images. The model is
     put in eval mode and restored afterwards."""
+    if not data.templates:
+        raise ValueError(
+            "no prompt templates for zero-shot classification: pass a templates file (one a line, with {})"
+        )
     was_training = model.training
     model.eval()
     try:
