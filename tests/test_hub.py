@@ -20,13 +20,14 @@ from safetensors.torch import save_file
 import siglip
 from siglip.checkpoint import model_payload
 from siglip.cli import main as cli_main
-from siglip.config import ModelConfig
+from siglip.config import ModelConfig, TrainConfig
 from siglip.interop import load_payload, to_hf
 from siglip.interop.hub import HubError, needed_files, parse_hub_id, resolve_model
 from siglip.interop.open_clip import open_clip_rules
 from siglip.interop.rules import unapply_rules
 from siglip.model import SigLIP
 from siglip.tokenizer import Tokenizer
+from siglip.train.build import starting_payload
 from tests.conftest import CAPTIONS, REPO, write_image
 from tests.hub_server import FakeHub
 from tests.siglip2_helpers import gemma_proto
@@ -106,7 +107,7 @@ def repos(tmp_path_factory):
     timm = {"config.json": b'{"architecture": "vit_base_patch16_siglip_224"}', "model.safetensors": JUNK}
     hub.add("timm/ViT-tiny-SigLIP", {**files_of(tmp / "oc"), **timm})
     hub.add("me/siglip-ours", {**files_of(tmp / "ours"), "notes.txt": JUNK})
-    return local, hub, write_image(tmp / "red.png", size=(24, 18))
+    return local, hub, write_image(tmp / "images" / "red.png", size=(24, 18))
 
 
 def run_embed(env: dict, image: Path, refs: list[str], cwd: Path) -> tuple[int, dict, str]:
@@ -136,9 +137,10 @@ def assert_same(got: list, want: list, ref: str) -> None:
         torch.testing.assert_close(torch.tensor(g), torch.tensor(w), atol=1e-6, rtol=0, msg=ref)
 
 
-def test_ids_load_as_their_folders_and_fetch_only_what_the_format_needs(repos, tmp_path):
+def test_ids_load_as_their_folders_and_fetch_only_what_the_format_needs(repos, tmp_path, monkeypatch):
     """Online (the stand-in running): every layout by id == by path; then with HF_HUB_OFFLINE=1 and
-    the server gone, the cache alone gives the same. The junk files were never requested."""
+    the server gone, the cache alone gives the same. The junk files were never requested. Then every
+    other entry point, on that cache."""
     local, hub, image = repos
     commit_b = hub.refs["google/siglip-tiny"]["v1"]
     cases = {
@@ -173,6 +175,26 @@ def test_ids_load_as_their_folders_and_fetch_only_what_the_format_needs(repos, t
     assert rc == 0, err
     for ref in cases:
         assert_same(again[ref], want[ref], ref)
+    check_entry_points(cache, local, image, monkeypatch, tmp_path)
+
+
+def check_entry_points(cache: Path, local: dict, image: Path, monkeypatch, tmp_path: Path) -> None:
+    """Training's --pretrained-path, `siglip convert`, and an index made by id (its meta.json keeps the
+    id, so `siglip search` without --model finds the model again), here in-process on the cache above."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    payload = starting_payload(TrainConfig(pretrained_path="google/siglip-tiny@v1"), False, tmp_path / "x.pt")
+    want = load_payload(local["hf_b"])["state_dict"]
+    assert all(torch.equal(payload["state_dict"][k], v) for k, v in want.items())
+    assert cli_main(["convert", "hf-hub:timm/ViT-tiny-SigLIP", "oc.pt", "--to", "siglip"]) == 0
+    assert siglip.load("oc.pt").fingerprint == siglip.load(local["oc"]).fingerprint
+    args = ["embed", str(image.parent), "--model", "me/siglip-ours", "--out", "red.index", "--device", "cpu"]
+    assert cli_main(args) == 0
+    assert json.loads(Path("red.index/meta.json").read_text())["model"] == "me/siglip-ours"
+    assert cli_main(["search", "red.index", "a red square", "-k", "1", "--json"]) == 0
 
 
 def test_offline_miss_is_a_named_error_exit_1(repos, tmp_path, monkeypatch, capsys):
@@ -181,7 +203,7 @@ def test_offline_miss_is_a_named_error_exit_1(repos, tmp_path, monkeypatch, caps
     for `siglip convert` in this one (the client's constants pointed at an empty cache)."""
     _, _, image = repos
     env = hub_env(tmp_path / "hf", "http://127.0.0.1:9", offline=True)
-    cmd = [sys.executable, "-m", "siglip", "embed", str(image), "--model", "google/siglip-tiny@v1"]
+    cmd = [sys.executable, "-m", "siglip", "embed", str(image.parent), "--model", "google/siglip-tiny@v1"]
     p = subprocess.run([*cmd, "--out", str(tmp_path / "x.index")], env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 1, p.stderr
     assert "google/siglip-tiny@v1" in p.stderr and "hf download google/siglip-tiny --revision v1" in p.stderr

@@ -60,6 +60,16 @@ def parse_hub_id(ref: str) -> tuple[str, str | None] | None:
     return m["repo"], m["rev"]
 
 
+def model_ref_exists(ref: str) -> bool:
+    """An existing path, or a Hub id (which `resolve_model` looks up): what an index's meta.json may name."""
+    return Path(ref).expanduser().exists() or parse_hub_id(ref) is not None
+
+
+def stored_ref(ref: str) -> str:
+    """How a model is recorded (an index's meta.json): an existing path made absolute, a Hub id as spelled."""
+    return os.path.abspath(ref) if Path(ref).expanduser().exists() else ref
+
+
 def _tokenizer_files(top: set[str]) -> list[str]:
     """The files `find_tokenizer` would pick in the full folder: spiece.model / tokenizer.model, else
     every *.model, else tokenizer.json; with the small configs that say its kind."""
