@@ -1,6 +1,7 @@
 """Use a model from Python: `siglip.load(path)` returns a `Model` that embeds, scores and classifies.
 
     model = siglip.load("runs/demo/siglip_demo.pt")              # any format siglip reads; eval mode, CPU
+    model = siglip.load("google/siglip-base-patch16-224")        # a Hub id: the cache, else a download
     zimg = model.embed_images(["seven.png", pil_image])          # (2, d) float32 unit rows, on the CPU
     ztxt = model.embed_texts(["a handwritten seven"])            # (1, d)
     p = model.score(["seven.png"], ["a handwritten seven", "a handwritten one"])  # (1, 2) sigmoid(t*cos+b)
@@ -256,7 +257,8 @@ def load(
     """A `Model` in eval mode on `device` ("auto": CUDA when there is one), weights in `dtype`
     (None: as stored; "float16" / "bfloat16" for speed on a GPU). `path`: our model file, a Hugging
     Face SigLIP folder or weights file, an open_clip SigLIP checkpoint or a big_vision .npz (detected
-    from the content); `tokenizer`: a SentencePiece model, for weights without one beside them."""
+    from the content), or a Hub id of one (`google/siglip-base-patch16-224`, `org/name@revision`,
+    `hf-hub:timm/ViT-B-16-SigLIP`: the cache first, else a download; `siglip.interop.hub`); `tokenizer`: a SentencePiece model, for weights without one beside them."""
     payload = load_payload(path, tokenizer, require_tokenizer=False)
     if payload.get("partial"):
         raise ValueError(

@@ -184,7 +184,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoint-<step>.pt kept (--resume falls back past a broken one); 0 = all
     nonfinite_patience: int = 10  # NaN/inf loss or gradient: the step is skipped; this many in a row stop the run
     output_dir: str = "./checkpoints"
-    pretrained_path: str = ""  # any format siglip.load reads (ours, Hugging Face, open_clip, big_vision)
+    pretrained_path: str = ""  # any format siglip.load reads (ours, Hugging Face, open_clip, big_vision), or a Hub id
     pretrained_tokenizer: str = ""  # SentencePiece model, for checkpoints without one beside them
     finetune_image_size: int = 0  # fine-tune at this resolution (position embeddings resized); 0 = the checkpoint's
     # many processes (torchrun/SLURM) and small memory; batch_size is the global batch

@@ -16,7 +16,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     g.add_argument(
         "--model",
         required=required,
-        help="checkpoint: our .pt, a Hugging Face SigLIP folder, an open_clip checkpoint or a big_vision .npz",
+        help="checkpoint: our .pt, a Hugging Face SigLIP folder, an open_clip checkpoint, a big_vision .npz, "
+        "or a Hub id (org/name, org/name@revision, hf-hub:org/name)",
     )
     g.add_argument(
         "--tokenizer", default=None, help="SentencePiece model or tokenizer.json, when none lies beside the weights"

@@ -2,6 +2,7 @@
 
 siglip convert /models/siglip-base-patch16-224 siglip_b16.pt --to siglip
 siglip convert ./checkpoints/siglip_finetune.pt ./export --to hf
+siglip convert hf-hub:timm/ViT-B-16-SigLIP siglip_b16.pt --to siglip     # a Hub id (the hub extra)
 """
 
 from __future__ import annotations

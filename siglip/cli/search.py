@@ -23,6 +23,7 @@ import torch
 from siglip.cli.common import add_model_arguments, load_model, print_json
 from siglip.index.handle import Index
 from siglip.index.store import check_model
+from siglip.interop.hub import model_ref_exists
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     idx = Index(index, follow=False)  # one generation for the search and its items
     meta = idx.meta
     model_path = args.model or meta["model"]
-    if not args.model and not Path(model_path).exists():
+    if not args.model and not model_ref_exists(model_path):
         raise FileNotFoundError(f"{index}: its model {model_path!r} is gone; pass the same weights with --model")
     model = load_model(args, model_path, "cpu" if args.device == "auto" else args.device)
     check_model(meta, model.fingerprint, index, f"--model {model_path}")

@@ -48,7 +48,11 @@ def parse_size(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and indexes")
-    g.add_argument("--model", required=True, help="checkpoint: our .pt, a Hugging Face folder, open_clip, big_vision")
+    g.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint: our .pt, a Hugging Face folder, open_clip, big_vision, or a Hub id (org/name[@revision])",
+    )
     g.add_argument("--tokenizer", default=None, help="SentencePiece model, when none lies beside the weights")
     g.add_argument("--index", action="append", default=[], metavar="NAME=PATH", help="an index to serve (repeat)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")

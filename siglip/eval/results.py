@@ -64,7 +64,11 @@ def eval_arguments(description: str, datasets: tuple[str, ...] | list[str], data
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model-path", required=True, help="a model: ours, Hugging Face, open_clip or big_vision")
+    parser.add_argument(
+        "--model-path",
+        required=True,
+        help="a model: ours, Hugging Face, open_clip or big_vision, or a Hub id (org/name[@revision])",
+    )
     parser.add_argument("--dataset", required=True, choices=datasets)
     parser.add_argument("--data-path", required=True, help=data_help)
     parser.add_argument("--split", default="", help=split_help)

@@ -25,6 +25,7 @@ from siglip.index import ann, recall
 from siglip.index.ann_plan import Plan, choose, fmt_size, parse_size
 from siglip.index.handle import ANN_FORMAT, ANN_JSON, rows_fingerprint
 from siglip.index.store import atomic_write, read_items, read_meta
+from siglip.interop.hub import model_ref_exists
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 1 << 15  # rows added at a time: 32k x 768 x float32 = 96 MiB
@@ -117,7 +118,7 @@ def _caption_queries(index: Path, meta: dict, ids: np.ndarray) -> np.ndarray | N
     captions = [it["caption"] for it in items if it.get("caption")]
     if not captions or meta.get("kind") != "image":
         return None
-    if not Path(meta.get("model", "")).exists():
+    if not model_ref_exists(meta.get("model", "")):
         log.warning("recall for caption queries not measured: the index's model %r is gone", meta.get("model"))
         return None
     from siglip.api import load

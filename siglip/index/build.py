@@ -10,7 +10,6 @@ one is skipped with its reason, never fatal.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from siglip.distributed import Runtime, barrier
 from siglip.index.ann_update import follow_append
 from siglip.index.sources import Item
 from siglip.index.store import check_model, consolidate, done_keys, read_meta, read_parts, replacing, write_part
+from siglip.interop.hub import stored_ref
 from siglip.naflex import stack_images
 from siglip.transforms import ready
 
@@ -165,7 +165,7 @@ def embed_items(model: Model, items: list[Item], index: str | Path, opts: EmbedO
     barrier(rt)
     if rt.is_main:
         run = {
-            "kind": opts.kind, "model": os.path.abspath(model.path), "fingerprint": model.fingerprint, "dim": model.dim,
+            "kind": opts.kind, "model": stored_ref(model.path), "fingerprint": model.fingerprint, "dim": model.dim,
             "dtype": opts.store_dtype, "source": opts.source,
         }  # fmt: skip
         old = meta  # None when replacing: the approximate index then stays with the replaced generation (stale)

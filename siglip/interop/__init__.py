@@ -4,7 +4,8 @@ preprocessing), so training and use downstream never know where a model came fro
 format: Hugging Face `SiglipModel` / `Siglip2Model` (`hf.py`, also the export), open_clip (`open_clip.py`),
 big_vision .npz (`big_vision.py`), and the SigLIP 2 facts they share (`siglip2.py`: Gemma tokenizer
 kind, open_clip's GELU per tower); key maps are data (`rules.py`) read in both directions; files are read
-without running pickled code (`tensors.py`); `detect.py` tells the formats apart by content.
+without running pickled code (`tensors.py`); `detect.py` tells the formats apart by content, after
+`hub.py` has turned a Hugging Face Hub id into a local path (the cache, else a download).
 `python -m siglip.interop SRC DST --to {siglip,hf}` converts (`python -m siglip.convert` too).
 """
 

@@ -4,6 +4,7 @@ file or to a Hugging Face folder.
     python -m siglip.interop /models/siglip-base-patch16-224 siglip_b16.pt --to siglip
     python -m siglip.interop ./checkpoints/siglip_finetune.pt ./export --to hf
     python -m siglip.interop big_vision_b16.npz b16.pt --to siglip --tokenizer cc_en.model
+    python -m siglip.interop google/siglip2-base-patch16-224 siglip2_b16.pt --to siglip   # a Hub id
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m siglip.interop",
         description="Convert a SigLIP checkpoint (ours, Hugging Face, open_clip, big_vision) to our model file or a Hugging Face folder.",
     )
-    parser.add_argument("src", help="checkpoint file or folder (format detected from its content)")
+    parser.add_argument(
+        "src", help="checkpoint file or folder (format detected from its content), or a Hub id (org/name[@revision])"
+    )
     parser.add_argument("dst", help="our model file (.pt) for --to siglip, a folder for --to hf")
     parser.add_argument("--to", choices=("siglip", "hf"), required=True)
     parser.add_argument(

@@ -1,6 +1,7 @@
-"""Any supported checkpoint in: the format is detected from the content, read by its module, and
-returned as our payload; then the entry points for fine-tuning (`load_pretrained`, `load_into`).
-A ready-to-use model with its tokenizer and preprocessing is `siglip.load` (siglip/api.py)."""
+"""Any supported checkpoint in: a Hub id becomes a local path first (`siglip.interop.hub`), then the
+format is detected from the content, read by its module, and returned as our payload; then the entry
+points for fine-tuning (`load_pretrained`, `load_into`). A ready-to-use model with its tokenizer and
+preprocessing is `siglip.load` (siglip/api.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from pathlib import Path
 from siglip.checkpoint import FORMAT, Payload, check_payload
 from siglip.interop.big_vision import read_big_vision
 from siglip.interop.hf import read_hf
+from siglip.interop.hub import resolve_model
 from siglip.interop.open_clip import read_open_clip
 from siglip.interop.tensors import is_npz, read_tensors
 from siglip.model import SigLIP, resize_pos_embed
 
 
 def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
-    """Any supported checkpoint -> our payload dict. `tokenizer`: a SentencePiece model or tokenizer.json for formats
-    that do not carry one beside the weights; `require_tokenizer=False`: none found is not an error
+    """Any supported checkpoint (a path, or a Hub id: `org/name[@revision]`, `hf-hub:org/name`) -> our
+    payload dict. `tokenizer`: a SentencePiece model or tokenizer.json for formats that do not carry
+    one beside the weights; `require_tokenizer=False`: none found is not an error
     (the payload's tokenizer proto is then empty: image-only use, see `siglip.load`)."""
-    path = Path(path)
+    path = resolve_model(path)  # the one place a reference becomes a local path; readers see only that
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
