@@ -106,7 +106,7 @@ def consumed(counts: list[int], start: int) -> tuple[list[int], int]:
 
 
 class TableStream(IterableDataset):
-    """This rank's batches {"pixels": (n, 3, S, S), "ids": (n, L), "skipped": int} of one epoch
+    """This rank's batches {"pixels": (n, 3, S, S), "ids": (n, L), "captions", "skipped": int} of one epoch
     (`set_epoch(e, start)` first; use the DataLoader with batch_size=None)."""
 
     def __init__(
@@ -150,8 +150,7 @@ class TableStream(IterableDataset):
                     yield t.offsets[u] + r, u, r, img, cap
                     r += 1
         except Exception as e:  # noqa: BLE001 - a corrupt unit: its rows are skipped, counted
-            unit = t.units[u]
-            log.warning("%s: unit %d unreadable from row %d (%s); %d rows skipped", unit.file, unit.index, r, e, hi - r)
+            log.warning("%s on: unreadable (%s); the %d rows to the unit's end are skipped", t.where(u, r), e, hi - r)
             err = BadRow(f"unreadable ({type(e).__name__})")
             yield from ((t.offsets[u] + i, u, i, None, err) for i in range(r, hi))
 
@@ -164,7 +163,7 @@ class TableStream(IterableDataset):
             caption = pick_caption(cap, random.Random(f"{self.seed}-{self.epoch}-{gid}"))
             image = load_image(image_input(img, self.tables.image_kind, Path(unit.file).parent), self.draft)
         except Exception as e:  # noqa: BLE001 - any decode failure means "skip this row"
-            log.warning("skipping %s row %d of unit %d: %s", unit.file, r, unit.index, e)
+            log.warning("skipping %s: %s", self.tables.where(u, r), e)
             return None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + gid)
@@ -173,10 +172,12 @@ class TableStream(IterableDataset):
     def _batch(self, items: list) -> dict:
         good = [x for x in items if x is not None]
         if not good:
-            return {"pixels": None, "ids": None, "skipped": len(items)}
+            return {"pixels": None, "ids": None, "captions": [], "skipped": len(items)}
+        captions = [c for _, c in good]
         return {
             "pixels": stack_images([p for p, _ in good]),
-            "ids": self.tokenizer([c for _, c in good]) if self.tokenizer is not None else None,
+            "ids": self.tokenizer(captions) if self.tokenizer is not None else None,
+            "captions": captions,
             "skipped": len(items) - len(good),
         }
 

@@ -57,11 +57,19 @@ class Tables:
     caption_list: bool = False
     label_column: str = ""
     offsets: list[int] = field(default_factory=list)
+    file_rows: list[int] = field(default_factory=list)  # unit u's first row, counted within its file
 
     def __post_init__(self):
-        self.offsets = [0]
-        for u in self.units:
+        self.offsets, self.file_rows = [0], []
+        for i, u in enumerate(self.units):
             self.offsets.append(self.offsets[-1] + u.rows)
+            same_file = i and self.units[i - 1].file == u.file
+            self.file_rows.append(self.file_rows[-1] + self.units[i - 1].rows if same_file else 0)
+
+    def where(self, u: int, row: int) -> str:
+        """'FILE row N (row group G)' for row `row` of unit `u`, as the bad-row warnings name it."""
+        unit = self.units[u]
+        return f"{unit.file} row {self.file_rows[u] + row} ({'row group' if unit.kind == 'parquet' else 'batch'} {unit.index})"
 
     @property
     def n_rows(self) -> int:
