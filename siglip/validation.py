@@ -17,8 +17,8 @@ CHOICES: dict[str, tuple[str, ...]] = {  # config key -> allowed values
     "train.strategy": ("ddp", "fsdp"),
 }
 EVAL_DATASETS = {
-    "zero_shot": ("imagenet", "cifar10", "cifar100", "folder", "digits"),
-    "retrieval": ("flickr30k", "coco", "manifest", "digits"),
+    "zero_shot": ("imagenet", "cifar10", "cifar100", "folder", "digits", "parquet"),
+    "retrieval": ("flickr30k", "coco", "manifest", "digits", "parquet"),
 }
 
 

@@ -116,7 +116,9 @@ def test_columns_detected_by_name_and_type(src):
 
 def test_folder_of_split_files_trains_on_train(src, tmp_path):
     for split in ("train", "test"):
-        pq.write_table(pa.table({"data": [png(0)], "caption": [f"{split} 0"]}), tmp_path / f"{split}-00000-of-00001.parquet")
+        pq.write_table(
+            pa.table({"data": [png(0)], "caption": [f"{split} 0"]}), tmp_path / f"{split}-00000-of-00001.parquet"
+        )
     tables = find_tables(str(tmp_path))
     assert [os.path.basename(u.file) for u in tables.units] == ["train-00000-of-00001.parquet"]
     (tmp_path / "g").mkdir()
@@ -131,7 +133,10 @@ def test_folder_of_split_files_trains_on_train(src, tmp_path):
 def epoch(tables, ep: int, start=0, workers=0, world=1, batch=8, **kw) -> list[list[list[int]]]:
     """Per rank, the caption numbers of each batch of one epoch."""
     return [
-        [b["ids"].tolist() for b in table_loader(stream(tables, batch, rank=r, world_size=world, **kw), ep, start, workers)]
+        [
+            b["ids"].tolist()
+            for b in table_loader(stream(tables, batch, rank=r, world_size=world, **kw), ep, start, workers)
+        ]
         for r in range(world)
     ]
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from siglip.data.arrow import arrow_features, arrow_files, arrow_schema, arrow_units, is_arrow_folder, read_arrow_rows
@@ -44,7 +46,7 @@ class BadRow(ValueError):
     """A row that gives no pair (no image, an empty caption ...): skipped and counted."""
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity (row_image's cache)
 class Tables:
     """A resolved parquet/Arrow source. `image_kind`: struct, bytes or path; global row ids number
     the rows of `units` in order (`offsets[u]` is unit u's first)."""
@@ -181,6 +183,34 @@ def image_input(value: object, kind: str, base: Path) -> io.BytesIO | str:
         raise BadRow("no image bytes or path")
     p = Path(value.strip())
     return str(p if p.is_absolute() else base / p)
+
+
+@lru_cache(maxsize=1)  # per process: items opened in order read each row group once
+def _unit_images(tables: Tables, u: int) -> list:
+    return [v for b in read_rows(tables, u, columns=[tables.image_column]) for v in b.column(0).to_pylist()]
+
+
+def row_image(tables: Tables, u: int, r: int) -> io.BytesIO | str:
+    """What `load_image` opens for row `r` of unit `u` (random access: the unit's image column is
+    read whole and kept for the next call)."""
+    value = _unit_images(tables, u)[r]
+    return image_input(value, tables.image_kind, Path(tables.units[u].file).parent)
+
+
+class TableRow(str):
+    """A row's image as the evaluation readers list it: the string 'FILE::ROW'; `open()` gives what
+    `load_image` reads."""
+
+    def __new__(cls, tables: Tables, u: int, r: int):
+        self = super().__new__(cls, f"{os.path.abspath(tables.units[u].file)}::{tables.file_rows[u] + r}")
+        self.tables, self.u, self.r = tables, u, r
+        return self
+
+    def __getnewargs__(self):  # pickled into DataLoader workers
+        return self.tables, self.u, self.r
+
+    def open(self) -> io.BytesIO | str:
+        return row_image(self.tables, self.u, self.r)
 
 
 def pick_caption(value: object, rng: random.Random) -> str:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from siglip import inference
 from siglip.data.manifests import load_image
+from siglip.data.tables import TableRow
 from siglip.model import SigLIP
 from siglip.naflex import stack_images
 from siglip.tokenizer import Tokenizer
@@ -41,7 +42,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor | None, int]:
         item = self.images[i]
         try:
-            img = Image.fromarray(item) if isinstance(item, np.ndarray) else load_image(item)
+            if isinstance(item, np.ndarray):
+                img = Image.fromarray(item)
+            else:  # a path, or a parquet/Arrow row ('FILE::ROW')
+                img = load_image(item.open() if isinstance(item, TableRow) else item)
             return self.transform(img), i
         except Exception as e:  # noqa: BLE001 - any decode failure: report and count
             log.warning("unreadable image %s: %s", item if isinstance(item, str) else f"#{i}", e)
