@@ -83,6 +83,8 @@ class Tables:
 
 
 def is_table_reference(data_path: str) -> bool:
+    if not data_path or data_path == "digits":
+        return False
     p = Path(data_path)
     if is_parquet_reference(data_path) or is_arrow_folder(p):
         return True
@@ -157,7 +159,10 @@ def find_tables(
             if missing := [c for c in columns if c not in names]:
                 raise TableError(f"{f}: no column {missing[0]!r} (the first file has it); columns are {names}")
         units += arrow_units(f) if arrow else parquet_units(f, columns)
-    return Tables(data_path, units, img, kind, cap, bool(is_list), lab if label else "")
+    tables = Tables(data_path, units, img, kind, cap, bool(is_list), lab if label else "")
+    if not tables.n_rows:
+        raise TableError(f"{data_path}: no rows in {len(files)} file(s)")
+    return tables
 
 
 def read_rows(tables: Tables, u: int, lo: int = 0, hi: int | None = None, columns: list[str] | None = None) -> Iterator:
