@@ -231,3 +231,10 @@ def test_garbage_pages_behind_a_good_footer_skip_rows_not_hang(src, tmp_path):
     batches = list(table_loader(stream(tables, N), 0, 0, 0))
     got = [i for b in batches for i in b["ids"].tolist()] if batches[0]["ids"] is not None else []
     assert sum(b["skipped"] for b in batches) + len(got) == N and sum(b["skipped"] for b in batches) > 0
+
+
+def test_resume_on_another_world_size_says_what_changes_for_tables():
+    from siglip.train.resume import world_size_note
+
+    assert "parquet/Arrow rows are dealt to ranks anew" in world_size_note(2, 1, False, tables=True)
+    assert "manifest data" in world_size_note(2, 1, False)
