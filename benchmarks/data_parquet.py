@@ -10,7 +10,8 @@ builds them (the draft decode and training transform at 224 px, the tokenizer, b
 alternating repeats: `siglip.data.epoch_loader` over `PairDataset` (one file open per image) and
 `siglip.data.table_stream.table_loader` (row groups streamed). Both read from the page cache after
 the first repeat (a cold disk favours parquet more: one sequential read against one open per image).
-Prints medians in images/s, the ratio, and the load average.
+Then the CPU seconds per epoch of each in this process (no workers): on a loaded machine the fairer
+figure, since wall time depends on what else runs. Prints medians, the ratios, and the load average.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def write_data(root: Path, count: int, width: int, height: int) -> list[str]:
     return captions
 
 
+def epoch_cpu(batches) -> float:
+    t = time.process_time()
+    for _ in batches:
+        pass
+    return time.process_time() - t
+
+
 def epoch_rate(batches) -> float:
     t, n = time.perf_counter(), 0
     for b in batches:
@@ -95,12 +103,20 @@ def main() -> None:
             if r:
                 rates["csv + files"].append(a)
                 rates["parquet"].append(b)
+        cpu: dict[str, list[float]] = {"csv + files": [], "parquet": []}
+        for r in range(args.repeats):
+            cpu["csv + files"].append(epoch_cpu(epoch_loader(csv, tok, 64, r, 0, 0)))
+            cpu["parquet"].append(epoch_cpu(table_loader(pq, r, 0, 0)))
     load = os.getloadavg()
     print(f"{args.count} JPEGs {args.size} -> 224 px, batch 64, {args.workers} workers, {args.repeats} epochs each")
     for name, xs in rates.items():
         print(f"{name:12s} {statistics.median(xs):8.1f} images/s (median; {', '.join(f'{x:.1f}' for x in xs)})")
     ratio = statistics.median(rates["parquet"]) / statistics.median(rates["csv + files"])
-    print(f"parquet / csv: {ratio:.2f}x   (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})")
+    print(f"parquet / csv: {ratio:.2f}x images/s")
+    for name, xs in cpu.items():
+        print(f"{name:12s} {statistics.median(xs) / args.count * 1e3:8.2f} CPU ms per image, no workers (median)")
+    cpu_ratio = statistics.median(cpu["csv + files"]) / statistics.median(cpu["parquet"])
+    print(f"csv / parquet CPU time: {cpu_ratio:.2f}x   (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})")
 
 
 if __name__ == "__main__":
