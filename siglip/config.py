@@ -86,7 +86,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Training pairs. `path`: a CSV/TSV/JSONL manifest, a folder of images with same-named .txt
-    captions, or `digits` (the bundled demo data, written under `digits_root` on first use)."""
+    captions, webdataset shards, parquet files (a file, folder or glob) or a datasets.save_to_disk
+    folder, or `digits` (the bundled demo data, written under `digits_root` on first use)."""
 
     path: str = ""
     image_column: str = ""  # "" = detect among image/filepath/file_name/...

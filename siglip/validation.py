@@ -17,9 +17,9 @@ CHOICES: dict[str, tuple[str, ...]] = {  # config key -> allowed values
     "train.strategy": ("ddp", "fsdp"),
 }
 EVAL_DATASETS = {
-    "zero_shot": ("imagenet", "cifar10", "cifar100", "folder", "digits", "wds"),
-    "retrieval": ("flickr30k", "coco", "manifest", "digits", "wds"),
-    "fewshot": ("imagenet", "cifar10", "cifar100", "folder", "digits", "wds"),
+    "zero_shot": ("imagenet", "cifar10", "cifar100", "folder", "digits", "wds", "parquet"),
+    "retrieval": ("flickr30k", "coco", "manifest", "digits", "wds", "parquet"),
+    "fewshot": ("imagenet", "cifar10", "cifar100", "folder", "digits", "wds", "parquet"),
 }
 
 

@@ -87,6 +87,17 @@ def data(tmp_path_factory) -> Path:
         Image.fromarray(pixels).save(root / f"{i}.png")
         lines.append(f"{i}.png,a photo of thing number {i % 7} in colour {i % 3}")
     (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    try:  # the same pairs as parquet, the images inside as the datasets Image struct
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [line.split(",", 1) for line in lines[1:]]
+        images = [{"bytes": (root / name).read_bytes(), "path": None} for name, _ in rows]
+        pq.write_table(
+            pa.table({"image": images, "caption": [c for _, c in rows]}), root / "pairs.parquet", row_group_size=5
+        )
+    except ImportError:
+        pass
     (root / "tiny_config.py").write_text(CONFIG)
     (root / "killer.py").write_text(KILLER)
     return root
@@ -159,6 +170,9 @@ def test_ddp_killed_mid_step_resumes_bit_exact(data, tmp_path, tmp_path_factory)
     kill_and_resume(data, tmp_path, tmp_path_factory, DDP, {"KILL_AT_STEP": "5"})
 
 
+# parquet, 2 workers: row groups of 5 in chunks of >= 4 rows dealt to the workers of each rank
+PARQUET = ("--data-path", "pairs.parquet", "--config.data.num_workers=2", "--config.data.shuffle_buffer=4")
+
 SLOW_CASES = {
     "ddp-write": (DDP, {"KILL_AT_SAVE": "2"}),  # half-way through writing step 4's checkpoint
     "ddp-rank1-step": (DDP, {"KILL_AT_STEP": "3", "KILL_RANK": "1"}),
@@ -168,6 +182,7 @@ SLOW_CASES = {
     "fsdp-write": (FSDP, {"KILL_AT_SAVE": "2"}),
     "fsdp-accum-step": (FSDP + ACCUM, {"KILL_AT_STEP": "3"}),
     "fsdp-accum-write": (FSDP + ACCUM, {"KILL_AT_SAVE": "2"}),
+    "ddp-parquet-step": (DDP + PARQUET, {"KILL_AT_STEP": "5"}),
 }
 
 
@@ -175,6 +190,9 @@ SLOW_CASES = {
 @pytest.mark.parametrize("case", list(SLOW_CASES))
 def test_killed_runs_resume_bit_exact(data, tmp_path, tmp_path_factory, case):
     extra, fault = SLOW_CASES[case]
+    if "pairs.parquet" in extra:
+        pytest.importorskip("pyarrow")
+        extra = tuple(str(data / x) if x == "pairs.parquet" else x for x in extra)
     kill_and_resume(data, tmp_path, tmp_path_factory, extra, fault)
 
 

@@ -76,7 +76,8 @@ source = find_source(cfg)
 tokenizer = build_tokenizer(cfg, payload, source, rt)
 data = build_data(cfg, source, tokenizer, rt)
 total_steps = tc.epochs * data.steps_per_epoch if tc.epochs > 0 else tc.steps
-if run.resume and (note := world_size_note(payload.get("world_size"), rt.world_size, source.streaming)):
+tables = source.tables is not None
+if run.resume and (note := world_size_note(payload.get("world_size"), rt.world_size, source.streaming, tables)):
     log.warning(note)
 
 # --------------------------------------------------------------------------------------------------

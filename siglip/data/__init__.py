@@ -1,6 +1,8 @@
 """Training data: image-caption pairs from manifests (CSV/TSV/JSONL) and caption folders
 (`manifests.py`), the batches made from them (`loader.py`), webdataset tar shards streamed without
-unpacking (`webdataset.py`), and the bundled handwritten digits the demo trains on (`digits.py`).
+unpacking (`webdataset.py`), parquet files and datasets.save_to_disk folders streamed by row group
+(`tables.py` resolves them, `parquet.py` and `arrow.py` read them, `table_stream.py` makes the
+batches), and the bundled handwritten digits the demo trains on (`digits.py`).
 Unreadable images are skipped and counted; malformed manifest lines are errors naming file and line.
 """
 

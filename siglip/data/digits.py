@@ -12,14 +12,20 @@ The split is fixed: a seeded permutation, the last 20% held out.
         (PNG + .cls: zero-shot and few-shot)
     out/digits_captions/test/0.tar (+ nshards.txt), dataset_type.txt = retrieval   (PNG + .txt: retrieval)
     python evaluation/digits_wds.py data/digits_wds
+
+`write_digits_parquet(root, out)` (or `python -m siglip.data.digits --parquet OUT`) writes the same
+pairs as out/train.parquet and out/heldout.parquet, as the Hugging Face Hub keeps image datasets: the
+`datasets` Image struct {bytes, path} with the PNG inside, caption, and a ClassLabel `label`.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import importlib.resources
 import io
+import json
 import os
 import random
 import shutil
@@ -151,3 +157,41 @@ def write_wds(out: str | Path, templates: list[str]) -> Path:
     _write_shard(out / "digits_captions" / "test" / "0.tar", captions)
     (out / "digits_captions" / "dataset_type.txt").write_text("retrieval\n")
     return out
+
+
+def write_digits_parquet(root: str | Path, out: str | Path, row_group_size: int = 100) -> Path:
+    """out/{train,heldout}.parquet from the digits under `root` (written first if needed). Returns `out`."""
+    from siglip.data.parquet import pyarrow
+
+    pa = pyarrow()
+    root, out = ensure_digits(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    features = {"image": {"_type": "Image"}, "caption": {"dtype": "string", "_type": "Value"},
+                "label": {"names": DIGITS_CLASSNAMES, "_type": "ClassLabel"}}  # fmt: skip
+    _, labels = load_digits_array()
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the datasets Image feature
+    for split in ("train", "heldout"):
+        with open(root / f"{split}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        index = [int(Path(r["image"]).stem) for r in rows]  # NNNN.png: the scan's number
+        table = pa.table(
+            {
+                "image": pa.array(
+                    [{"bytes": (root / r["image"]).read_bytes(), "path": None} for r in rows], image_type
+                ),
+                "caption": [r["caption"] for r in rows],
+                "label": pa.array([int(labels[i]) for i in index], pa.int64()),
+            }
+        ).replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+        pa.parquet.write_table(table, out / f"{split}.parquet", row_group_size=row_group_size)
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write the demo digits (and, with --parquet, a parquet copy).")
+    parser.add_argument("--root", default="data/digits", help="where the PNGs and CSVs go")
+    parser.add_argument("--parquet", default="", help="also write train.parquet and heldout.parquet here")
+    args = parser.parse_args()
+    ensure_digits(args.root)
+    if args.parquet:
+        print(write_digits_parquet(args.root, args.parquet))

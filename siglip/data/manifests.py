@@ -5,7 +5,8 @@
   found among common names or named in the config); relative paths resolve against its folder;
 - a folder: every image in it (recursively) with a same-named `.txt` caption beside it;
 - `digits`: the bundled demo data (see `siglip.data.digits`);
-- tar shards (`'/data/{00000..00099}.tar'`): streamed by `siglip.data.webdataset`, not listed here.
+- tar shards (`'/data/{00000..00099}.tar'`): streamed by `siglip.data.webdataset`, not listed here;
+- parquet files or a `datasets.save_to_disk` folder: streamed by row group (`siglip.data.tables`).
 
 A corrupt or missing image is skipped and counted (batches carry the count); a malformed manifest
 row is an error naming the file and line.
@@ -189,7 +190,8 @@ def find_pairs(data_path: str, image_column: str = "", caption_column: str = "",
         return read_manifest(p, image_column, caption_column)
     raise FileNotFoundError(
         f"--data-path {data_path}: no such file or folder (expected a .csv/.tsv/.jsonl manifest, "
-        "a folder of images with .txt captions, webdataset shards like 'dir/{00000..00099}.tar', or 'digits')"
+        "a folder of images with .txt captions, webdataset shards like 'dir/{00000..00099}.tar', parquet files, "
+        "a datasets.save_to_disk folder, or 'digits')"
     )
 
 

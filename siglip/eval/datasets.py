@@ -2,9 +2,11 @@
 
 Zero-shot (`classification_set`): imagenet (three layouts, detected), cifar10 / cifar100 (the python
 pickles), folder (one sub-folder per class), digits (the bundled demo's held-out split; train: its
-training images with their labels), wds (CLIP_benchmark's webdataset copies, siglip.eval.wds).
+training images with their labels), wds (CLIP_benchmark's webdataset copies, siglip.eval.wds),
+parquet (a label column; parquet files or a datasets.save_to_disk folder).
 Retrieval (`retrieval_set`): flickr30k (Karpathy JSON or .token), coco (Karpathy JSON or official
-captions JSON), manifest (CSV/TSV/JSONL of image,caption), digits (the held-out pairs), wds.
+captions JSON), manifest (CSV/TSV/JSONL of image,caption), digits (the held-out pairs), wds, parquet
+(an image and a caption or list-of-captions column).
 
 Readers only list files and labels; images are decoded later, in DataLoader workers. An image that is
 listed but missing on disk stays in the list and counts as unreadable (a miss), never as absent.
@@ -29,6 +31,7 @@ from siglip.eval.sets import (
     group_pairs,
     looked_for,
 )
+from siglip.eval.tables import read_table_captions, read_table_classes
 from siglip.eval.wds import read_wds_classification, read_wds_retrieval
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,12 @@ def classification_set(
         if not templates and not templates_file:  # few-shot probes need none; zero-shot refuses to run
             log.warning("%s: no zeroshot_classification_templates.txt (zero-shot needs --templates FILE)", data_path)
         classnames = read_classnames(classnames_file) if classnames_file else classnames
+    elif dataset == "parquet":
+        images, labels, classnames = read_table_classes(str(data_path / split if split else data_path))
+        classnames = read_classnames(classnames_file) if classnames_file else classnames
+        if not classnames:
+            raise ValueError(f"{data_path}: the label column records no class names: pass --classnames FILE")
+        templates = FOLDER_TEMPLATES
     else:
         raise ValueError(f"unknown zero-shot dataset {dataset!r}: choose one of {ZERO_SHOT_DATASETS}")
     if templates_file:
@@ -156,6 +165,8 @@ def retrieval_set(dataset: str, data_path: str | Path, split: str = "") -> Retri
         )
     if dataset == "manifest":
         return group_pairs(read_manifest(root))
+    if dataset == "parquet":
+        return read_table_captions(str(root))
     if dataset == "digits":
         from siglip.data.digits import ensure_digits
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from siglip import inference
 from siglip.data.manifests import load_image
+from siglip.data.tables import TableRow
 from siglip.model import SigLIP
 from siglip.naflex import stack_images
 from siglip.tokenizer import Tokenizer
@@ -43,6 +44,8 @@ class ImageDataset(Dataset):
         try:
             if isinstance(item, np.ndarray):
                 img = Image.fromarray(item)
+            elif isinstance(item, TableRow):  # a parquet/Arrow row ('FILE::ROW')
+                img = load_image(item.open())
             else:  # a path, or an image inside a tar shard (siglip.eval.wds.TarImage) that opens itself
                 img = item.open() if hasattr(item, "open") else load_image(item)
             return self.transform(img), i

@@ -3,12 +3,14 @@
 - a folder: every image in it, recursively (extensions in `siglip.data.IMAGE_EXTENSIONS`), sorted;
 - a manifest (.csv / .tsv with a header row, or .jsonl): an image column (found among common names or
   given) and an optional caption column; relative paths resolve against the manifest's folder;
+- parquet files (a file, a folder or a glob) or a `datasets.save_to_disk` folder: one item per row,
+  its image from the Image struct, bytes or a path column, read by row group (`siglip.data.tables`);
 - webdataset shards (`'dir/{00000..00099}.tar'` or one `.tar`): every member with an image extension,
   grouped by key as img2dataset writes them; read by offset, so workers decode them in parallel;
 - a text file (`--texts FILE`): one text a line (blank lines skipped).
 
-A key names an item across runs (absolute path; `line:path` for manifests; `shard::key`; `line:N` for
-texts), so an interrupted or repeated run embeds only the items whose keys the index lacks.
+A key names an item across runs (absolute path; `line:path` for manifests; `shard::key`; `file::row`
+for parquet/Arrow rows; `line:N` for texts), so an interrupted or repeated run embeds only the items whose keys the index lacks.
 """
 
 from __future__ import annotations
@@ -22,21 +24,28 @@ from pathlib import Path
 from PIL import Image
 
 from siglip.data.manifests import IMAGE_EXTENSIONS, ManifestError, load_image, manifest_rows
+from siglip.data.tables import Tables, find_tables, read_rows, row_image
 from siglip.data.webdataset import IMAGE_EXTS, is_shard_pattern, shard_list
 
 
 @dataclass
 class Item:
     """One row of an index. `record` is its line in items.jsonl; an image item is read from `path`,
-    or from bytes [offset, offset + size) of the tar `path` when offset >= 0."""
+    or from bytes [offset, offset + size) of the tar `path` when offset >= 0, or from row `row` of
+    unit `unit` of `tables` (parquet/Arrow)."""
 
     key: str
     record: dict = field(default_factory=dict)
     path: str = ""
     offset: int = -1
     size: int = 0
+    tables: Tables | None = None
+    unit: int = -1
+    row: int = -1
 
     def open(self) -> Image.Image:
+        if self.tables is not None:
+            return load_image(row_image(self.tables, self.unit, self.row))
         if self.offset < 0:
             return load_image(self.path)
         with open(self.path, "rb") as f:
@@ -95,6 +104,25 @@ def shard_items(pattern: str) -> list[Item]:
     return items
 
 
+def table_items(tables: Tables) -> list[Item]:
+    """One item per row of a parquet/Arrow source (captions read, no image); images are read by
+    row group when the items are opened in order."""
+    items = []
+    for u, unit in enumerate(tables.units):
+        captions = [None] * unit.rows
+        if tables.caption_column:
+            captions = [
+                v for b in read_rows(tables, u, columns=[tables.caption_column]) for v in b.column(0).to_pylist()
+            ]
+        for r, caption in enumerate(captions):
+            row = tables.file_rows[u] + r
+            record = {"file": os.path.abspath(unit.file), "row": row}
+            if isinstance(caption, str) or (isinstance(caption, list) and caption):
+                record["caption"] = caption if isinstance(caption, str) else caption[0]
+            items.append(Item(f"{os.path.abspath(unit.file)}::{row}", record, unit.file, tables=tables, unit=u, row=r))
+    return items
+
+
 def text_items(path: Path) -> list[Item]:
     if not path.is_file():
         raise FileNotFoundError(f"--texts {path}: no such file")
@@ -109,11 +137,13 @@ def list_items(src: str, texts: bool = False, image_column: str = "", caption_co
         return text_items(p)
     if is_shard_pattern(src):
         return shard_items(src)
+    if (tables := find_tables(src, image_column, caption_column, caption_required=False)) is not None:
+        return table_items(tables)
     if p.is_dir():
         return folder_items(p)
     if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
         return manifest_items(p, image_column, caption_column)
     raise FileNotFoundError(
-        f"{src}: not a folder, a .csv/.tsv/.jsonl manifest or tar shards ('dir/{{00000..00009}}.tar'); "
+        f"{src}: not a folder, a .csv/.tsv/.jsonl manifest, parquet, or tar shards ('dir/{{00000..00009}}.tar'); "
         "for a text file use --texts"
     )

@@ -16,6 +16,8 @@ from siglip.checkpoint import Payload, read_resumable, tokenizer_from_payload
 from siglip.compile import compile_or_eager
 from siglip.config import Config, TrainConfig, model_config_from_dict, to_dict
 from siglip.data import Pair, PairDataset, epoch_loader, find_pairs, steps_per_epoch
+from siglip.data.table_stream import TableStream, table_loader
+from siglip.data.tables import Tables, find_tables, table_captions
 from siglip.data.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
 from siglip.distributed import Runtime, broadcast_object, wrap_model
 from siglip.interop import load_into, load_pretrained
@@ -68,10 +70,12 @@ def write_config(cfg: Config, out_dir: Path, rt: Runtime) -> None:
 
 @dataclass
 class Source:
-    """Where the training pairs are: webdataset shards (streamed) or a listed set of pairs."""
+    """Where the training pairs are: webdataset shards (streamed), parquet/Arrow tables (streamed by
+    row group), or a listed set of pairs."""
 
     shards: list[str] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
+    tables: Tables | None = None
 
     @property
     def streaming(self) -> bool:
@@ -82,6 +86,8 @@ def find_source(cfg: Config) -> Source:
     d = cfg.data
     if is_shard_pattern(d.path):
         return Source(shards=shard_list(d.path))
+    if (tables := find_tables(d.path, d.image_column, d.caption_column)) is not None:
+        return Source(tables=tables)
     return Source(pairs=find_pairs(d.path, d.image_column, d.caption_column, d.digits_root))
 
 
@@ -98,6 +104,8 @@ def build_tokenizer(cfg: Config, payload: Payload | None, source: Source, rt: Ru
         if rt.is_main:
             if source.streaming:
                 captions = read_captions(source.shards, 100_000, cfg.data.caption_column)
+            elif source.tables is not None:
+                captions = table_captions(source.tables, 100_000)
             else:
                 captions = [c for _, c in source.pairs]
             tc = cfg.tokenizer
@@ -134,6 +142,13 @@ def build_data(cfg: Config, source: Source, tokenizer: Tokenizer, rt: Runtime) -
     draft = 0  # NaFlex sizes depend on each image's aspect: decoded in full
     if d.jpeg_draft and not cfg.model.naflex:
         draft = draft_size(cfg.model.image_size, d.random_resized_crop, d.crop_scale_min)
+    if source.tables is not None:
+        stream = TableStream(
+            source.tables, transform, tokenizer, tc.batch_size, rank=rt.rank, world_size=rt.world_size,
+            seed=tc.seed, shuffle_buffer=d.shuffle_buffer, draft=draft,
+        )  # fmt: skip
+        n = source.tables.n_rows
+        return TrainData(lambda e, s: table_loader(stream, e, s, d.num_workers), n, steps_per_epoch(n, tc.batch_size))
     if not source.streaming:
         dataset = PairDataset(source.pairs, transform, seed=tc.seed, draft=draft)
         spe = steps_per_epoch(len(dataset), tc.batch_size)

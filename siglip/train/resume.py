@@ -13,7 +13,7 @@ from siglip.checkpoint import publish_checkpoint, save_train_state, step_checkpo
 log = logging.getLogger(__name__)
 
 
-def world_size_note(saved: int | None, now: int, streaming: bool) -> str | None:
+def world_size_note(saved: int | None, now: int, streaming: bool, tables: bool = False) -> str | None:
     """What changes when a checkpoint written by `saved` processes resumes on `now` (None: same)."""
     if saved is None or saved == now:
         return None
@@ -22,7 +22,12 @@ def world_size_note(saved: int | None, now: int, streaming: bool) -> str | None:
         "whole (by parameter name) and load under any world size; the global batch stays --batch-size, "
         f"now {now} x its 1/{now} share, so the loss and gradients are the same up to float summation order"
     )
-    if streaming:
+    if tables:
+        note += (
+            "; parquet/Arrow rows are dealt to ranks anew, so the rest of this epoch takes other rows per step "
+            "(some rows of the epoch may come twice or not at all)"
+        )
+    elif streaming:
         note += (
             "; tar shards are dealt to ranks anew, so the rest of this epoch reads the shards in another "
             "order (some samples of the epoch may come twice or not at all)"
