@@ -3,12 +3,21 @@
 A request's inputs enter a bounded queue as one entry with a future. One worker task takes the
 oldest entry, waits up to `max_wait_ms` for more entries of the same kind (or until `max_batch`
 inputs are there), and runs them as one batch in the model thread; each request gets its own rows
-back. While the model runs, new requests queue up, so under load batches fill without any wait.
-`max_batch=1` serves one request at a time (what batching is measured against).
+back. While the model runs, new requests queue up, so under load batches fill without any wait; and
+while the last batch held one request only (a lone client), nobody is waited for at all.
+`max_batch=1` serves one request at a time (what batching is measured against). A request larger
+than a batch runs in model calls of at most `max(max_batch, CHUNK)` inputs (bounded activations).
+
+A batch that fails is retried request by request, so one bad input fails its own request only
+(`InputFailed` when its neighbours went through, or when the error is a ValueError / TypeError: the
+routes answer 400), never the others of its batch.
 
 The event loop never runs the model: `Model.embed_texts` / `embed_images` run in one dedicated
 thread (so calls never overlap on the weights), and image decoding runs in a small pool of decode
-threads (`decode`). A full queue raises `Overloaded` (the routes answer 503 with Retry-After).
+threads (`decode`, `decode_all`). A request's decode jobs that have not started when one of them
+fails (or the request goes away) are cancelled, and `decode_all` returns only once the ones running
+have stopped: no work outlives its request, so the callers' budgets hold. A full queue raises
+`Overloaded` (the routes answer 503 with Retry-After). `stop` cancels whatever has not started.
 """
 
 from __future__ import annotations
@@ -27,9 +36,15 @@ from torch import Tensor
 from siglip.api import Model
 from siglip.naflex import stack_images
 
+CHUNK = 64  # a request larger than max(max_batch, CHUNK) inputs runs in model calls of that many
+
 
 class Overloaded(Exception):
     """The queue holds `max_queue` requests already."""
+
+
+class InputFailed(Exception):
+    """The model failed on this request's inputs alone (its neighbours in the batch went through)."""
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Batcher:
         self.queue: deque[Entry] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._last_requests = 0  # requests in the last batch: 1 means a lone client, so no waiting
 
     @property
     def depth(self) -> int:
@@ -79,8 +95,8 @@ class Batcher:
         for entry in self.queue:
             if not entry.future.done():
                 entry.future.set_exception(Overloaded())
-        self.model_thread.shutdown(wait=True)
-        self.decode_pool.shutdown(wait=True)
+        self.model_thread.shutdown(wait=True, cancel_futures=True)  # only what is running now
+        self.decode_pool.shutdown(wait=True, cancel_futures=True)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -99,6 +115,19 @@ class Batcher:
         """Run `fn(*args)` in a decode thread (image decoding and preprocessing)."""
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
+    async def decode_all(self, fn: Callable[..., Any], jobs: list[tuple]) -> list:
+        """`[fn(*args) for args in jobs]`, in the decode threads. When one raises (or the caller is
+        cancelled), the jobs not started yet are cancelled, and this raises only once the jobs already
+        running have stopped: a failed request leaves no work behind in the pool."""
+        loop = asyncio.get_running_loop()
+        futures = [self.decode_pool.submit(fn, *args) for args in jobs]
+        try:
+            return await asyncio.gather(*(asyncio.wrap_future(f, loop=loop) for f in futures))
+        finally:
+            running = [f for f in futures if not f.cancel() and not f.done()]  # cancel() is False once started
+            if running:
+                await asyncio.wait([asyncio.wrap_future(f, loop=loop) for f in running])
+
     async def in_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(*args)` in the model thread, between batches (e.g. label embeddings)."""
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
@@ -111,26 +140,46 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             batch = await self._gather()
+            kind = batch[0].kind
             try:
-                rows = await self.in_model_thread(self._forward, batch[0].kind, [x for e in batch for x in e.inputs])
+                rows = await self.in_model_thread(self._forward, kind, [x for e in batch for x in e.inputs])
             except Exception as e:  # noqa: BLE001 - the requests get the error, the worker lives on
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(e)
+                await self._one_by_one(batch, e)
                 continue
             at = 0
             for entry in batch:
                 if not entry.future.done():  # a client that went away cancelled its future
                     entry.future.set_result(rows[at : at + len(entry.inputs)])
                 at += len(entry.inputs)
+            self._last_requests = len(batch)
             if self.on_batch is not None:
-                self.on_batch(batch[0].kind, at, len(batch))
+                self.on_batch(kind, at, len(batch))
+
+    async def _one_by_one(self, batch: list[Entry], error: Exception) -> None:
+        """A failed batch, again request by request: the requests that go through get their rows; one
+        that fails while another went through (or with a ValueError / TypeError) gets InputFailed."""
+        if len(batch) == 1:
+            failures = [(batch[0], error)]
+        else:
+            failures = []
+            for entry in batch:
+                if entry.future.done():
+                    continue
+                try:
+                    entry.future.set_result(await self.in_model_thread(self._forward, entry.kind, entry.inputs))
+                except Exception as e:  # noqa: BLE001
+                    failures.append((entry, e))
+        blame_input = len(failures) < len(batch)
+        for entry, e in failures:
+            if not entry.future.done():
+                bad = blame_input or isinstance(e, (ValueError, TypeError))
+                entry.future.set_exception(InputFailed(f"{type(e).__name__}: {e}") if bad else e)
 
     async def _gather(self) -> list[Entry]:
         """The oldest entry plus the queued entries of its kind that fit in `max_batch`, after waiting
         up to `max_wait` from its arrival for more to come."""
         kind = self.queue[0].kind
-        deadline = self.queue[0].queued_at + self.max_wait
+        deadline = self.queue[0].queued_at + (self.max_wait if self._last_requests > 1 else 0.0)
         while self._queued(kind) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
             self._arrived.clear()
             try:
@@ -159,6 +208,7 @@ class Batcher:
         return sum(len(e.inputs) for e in self.queue if e.kind == kind)
 
     def _forward(self, kind: str, inputs: list) -> Tensor:
+        size = max(self.max_batch, CHUNK)
         if kind == "text":
-            return self.model.embed_texts(inputs, batch_size=max(len(inputs), 1))
-        return self.model.embed_images(stack_images(inputs), batch_size=max(len(inputs), 1))
+            return self.model.embed_texts(inputs, batch_size=size)
+        return self.model.embed_images(stack_images(inputs), batch_size=size)

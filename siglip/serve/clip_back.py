@@ -59,7 +59,7 @@ async def knn_service(request: Request) -> list[dict]:
     num_images = fields.integer(body, "num_images", 40, 1, s.settings.max_k)
     num_ids = fields.integer(body, "num_result_ids", num_images, 1, s.settings.max_k)
     q = await query_vector(s, body, "text", "image", "embedding_input", first=True)
-    cos, rows, items = await search_index(ix, q, max(num_ids, num_images))
+    cos, rows, items = await search_index(s, ix, q, max(num_ids, num_images))
     out = []
     for i, (row, c, item) in enumerate(zip(rows, cos, items)):
         hit = metadata_of(s, request, ix, row, item) if i < num_images else {}

@@ -50,12 +50,15 @@ class ServedIndex:
         """The approximate index in use (kind, parameters, measured recall), or None: exact search."""
         return self.handle.ann
 
-    def search(self, queries: Tensor, k: int, exact: bool = False) -> tuple[Tensor, Tensor]:
+    def search(
+        self, queries: Tensor, k: int, exact: bool = False, max_candidates: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Top-k of (q, d) float32 unit rows: (q, k') exact cosines (descending) and (q, k') row ids,
-        k' = min(k, count); candidates from the approximate index unless `exact` or there is none."""
+        k' = min(k, count); candidates (at most `max_candidates`, at least k) from the approximate
+        index unless `exact` or there is none."""
         if self.count == 0:
             return torch.zeros(len(queries), 0), torch.zeros(len(queries), 0, dtype=torch.long)
-        cos, rows = self.handle.search(queries, k, exact=exact)
+        cos, rows = self.handle.search(queries, k, exact=exact, max_candidates=max_candidates)
         return torch.from_numpy(cos), torch.from_numpy(rows)
 
     def items(self, rows: list[int]) -> list[dict]:
