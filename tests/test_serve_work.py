@@ -301,3 +301,34 @@ def test_a_lone_client_does_not_wait_for_a_batch_to_fill(model):
     lone, loaded = asyncio.run(go())
     assert lone < 0.1, f"{1000 * lone:.0f} ms a request for a lone client"
     assert loaded >= 0.15  # under load the wait still gathers a batch
+
+
+def test_a_bad_image_cancels_the_texts_of_its_request(model):
+    """Old failure: /v1/embeddings with a text and a bad image answered 400, but asyncio.gather left the
+    text queued, and the model embedded it afterwards for nobody."""
+    from siglip.serve.openai import embed_mixed
+
+    decodes, texts_run = SlowDecodes(), []
+
+    async def go():
+        state = ServerState.build(model, {}, Settings())
+        state._prepare = decodes
+        forward, gate = state.batcher._forward, threading.Event()
+
+        def held(kind, inputs):  # "hold" keeps the model busy until the gate opens
+            texts_run.append(inputs)
+            return gate.wait() and forward(kind, inputs)
+
+        state.batcher._forward = held
+        await state.batcher.start()
+        busy = asyncio.ensure_future(state.batcher.embed("text", ["hold"]))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ApiError):
+            await embed_mixed(state, ["a cat", "bad"], [False, True])
+        gate.set()
+        await busy
+        await asyncio.sleep(0.1)
+        await state.batcher.stop()
+
+    asyncio.run(go())
+    assert texts_run == [["hold"]], f"the model embedded {texts_run[1:]} after the request had failed"
