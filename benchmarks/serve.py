@@ -6,22 +6,18 @@ infinity-emb serving the same weights (our `siglip convert --to hf` export), all
     python benchmarks/serve.py --variant mu/4 --image-size 32 --seconds 3 --no-infinity   # a quick look
     python benchmarks/serve.py --infinity /work/infinity-venv/bin/infinity_emb --json
 
-    -> one line per cell as it finishes, then a table: per modality and client count, requests/s,
-       p50 and p99 latency for each server, and the ratios batching / one-at-a-time and siglip /
-       infinity; and, measured first, what one call on 32 inputs gains over one input a call on
-       the model alone. Then issue 31's targets: at 32 clients, batching server / model alone on
-       batches >= 0.85x; one client, batching / --max-batch 1 >= 0.95x; images at 32 clients,
-       siglip / infinity-emb >= 1.0x (on a GPU, batching / one-at-a-time >= 3x as well).
+    -> a line per cell (with siglip's mean batch), a table of requests/s, p50 and p99 per modality
+       and client count, batching / one-at-a-time and siglip / infinity; the model alone (measured
+       first); issue 31's targets: at 32 clients batching server / model alone on batches >= 0.85x,
+       one client batching / --max-batch 1 >= 0.95x, images at 32 clients siglip / infinity >= 1.0x.
 
 Each client sends one input per request and the next as soon as the answer is in (a closed loop).
 A cell runs `--seconds`, then lets the requests in flight finish: requests/s = answers / (last answer
 - first request). The three servers run side by side and the cells alternate between them, so a busy
 neighbour slows all three alike; each server gets `--threads` intra-op threads. infinity-emb pins its
-own torch and transformers: install it in its own virtual environment
-(`python -m venv /work/infinity-venv && /work/infinity-venv/bin/pip install 'infinity-emb[server,torch]'
-aiohttp pillow sentencepiece protobuf`) and pass its `infinity_emb` with --infinity; where it cannot
-start, the table says why and leaves its columns out. The model (random weights), its Hugging Face
-export and the images are written once under --workdir.
+own torch and transformers: install it in its own virtual environment (docs/serve-benchmark.md) and
+pass its `infinity_emb` with --infinity; where it cannot start, the table says why and leaves its
+columns out. The model (random weights), its HF export and the images are written once under --workdir.
 """
 
 from __future__ import annotations
@@ -100,10 +96,9 @@ def inputs(n: int = 64) -> dict[str, list[str]]:
 def ceiling(
     ours: Path, texts: list[str], max_batch: int, threads: int, device: str = "cpu", repeats: int = 5
 ) -> dict[str, dict[str, float]]:
-    """The model alone, in this process (no HTTP, no queue), per modality: `items_s`, items/s embedding
-    `max_batch` inputs a call (what a batching server can reach at best), and `gain`, that over items/s
-    embedding one input a call. A server's batching / one-at-a-time ratio can exceed the gain only by
-    the per-request work around the model call during which a one-at-a-time server leaves it idle."""
+    """The model alone, in this process (no HTTP, no queue), per modality: `items_s` embedding `max_batch`
+    inputs a call (a batching server's best), `gain`: that over one input a call (what batching / one-at-
+    a-time can exceed only by the per-request work during which one-at-a-time leaves the model idle)."""
     import torch
 
     import siglip
@@ -219,8 +214,16 @@ def start_servers(args: argparse.Namespace, ours: Path, hf: Path) -> tuple[list[
 # --- load ---
 
 
+def batched(server: Served, kind: str) -> tuple[float, float]:
+    """(inputs, model calls) so far, from a siglip server's /metrics (infinity: (0, 0))."""
+    text = httpx.get(server.url + "/metrics", timeout=30).text if server.name != "infinity" else ""
+    got = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("siglip_batch_size_"))
+    return tuple(float(got.get(f'siglip_batch_size_{x}{{kind="{kind}"}}', 0)) for x in ("sum", "count"))
+
+
 async def cell(server: Served, kind: str, pool: list[str], clients: int, seconds: float) -> dict:
     """`clients` closed-loop clients for `seconds`, then the requests in flight finish."""
+    before = batched(server, kind)
     bodies = [server.payload(kind, x) for x in pool]
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -245,7 +248,9 @@ async def cell(server: Served, kind: str, pool: list[str], clients: int, seconds
 
         await asyncio.gather(*(one(i) for i in range(clients)))
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    inputs, calls = (a - b for a, b in zip(batched(server, kind), before))
     return {
+        "batch": inputs / calls if calls else float("nan"),
         "server": server.name,
         "modality": kind,
         "clients": clients,
@@ -258,8 +263,7 @@ async def cell(server: Served, kind: str, pool: list[str], clients: int, seconds
 
 
 def warm_up(servers: list[Served], data: dict[str, list[str]], kinds: list[str], max_batch: int) -> None:
-    """A moment of each modality with 1 and with max-batch clients, so first-call costs (weight packing,
-    kernels made for a new batch size) stay out of the cells."""
+    """A moment of each modality with 1 and max-batch clients: first-call costs stay out of the cells."""
     for s in servers:
         for kind in kinds:
             for c in (1, max_batch):
@@ -385,7 +389,7 @@ def main() -> None:
                     results.append(r)
                     err = f"  errors {r['errors']}" if r["errors"] else ""
                     print(f"  {s.name:>13} {kind:<5} {c:>3} clients: {r['rps']:6.1f} req/s  p50 {r['p50_ms']:6.0f} ms"
-                          f"  p99 {r['p99_ms']:6.0f} ms  ({r['requests']} answers){err}", flush=True)  # fmt: skip
+                          f"  p99 {r['p99_ms']:6.0f} ms  ({r['requests']} answers, batch {r['batch']:.1f}){err}", flush=True)  # fmt: skip
     finally:
         for s in servers:
             s.stop()
