@@ -161,7 +161,7 @@ def test_a_failing_batch_is_retried_request_by_request(model):
     async def go():
         b = Batcher(model, max_batch=8, max_wait_ms=50)
         await b.start()
-        b._last_requests = 2  # as under load: the worker waits for the second request
+        b._expect = 2  # as under load: the worker waits for the second request
         try:
             return await asyncio.gather(
                 b.embed("text", ["a \ud800"]), b.embed("text", ["a cat"]), return_exceptions=True
@@ -280,7 +280,7 @@ def test_vectors_out_of_float32_range_or_zero_in_float32_are_refused(model):
 
 def test_a_lone_client_does_not_wait_for_a_batch_to_fill(model):
     """Old failure: every request waited --max-wait-ms for others even when nobody else was there (here
-    200 ms a request); now the wait applies only while batches hold several requests."""
+    200 ms a request); now a batch waits only for as many requests as were about at the last one's end."""
 
     async def go():
         b = Batcher(model, max_batch=32, max_wait_ms=200)
@@ -291,7 +291,7 @@ def test_a_lone_client_does_not_wait_for_a_batch_to_fill(model):
             for i in range(5):
                 await b.embed("text", [f"a cat {i}"])
             lone = (time.perf_counter() - t) / 5
-            b._last_requests = 2  # a loaded server: one arrival waits for the next, up to 200 ms
+            b._expect = 2  # a loaded server: one arrival waits for the next, up to 200 ms
             t = time.perf_counter()
             await b.embed("text", ["x"])
             return lone, time.perf_counter() - t

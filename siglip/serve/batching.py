@@ -3,8 +3,9 @@
 A request's inputs enter a bounded queue as one entry with a future. One worker task takes the
 oldest entry, waits up to `max_wait_ms` for more entries of the same kind (or until `max_batch`
 inputs are there), and runs them as one batch in the model thread; each request gets its own rows
-back. While the model runs, new requests queue up, so under load batches fill without any wait; and
-while the last batch held one request only (a lone client), nobody is waited for at all.
+back. While the model runs, new requests queue up, so under load batches fill without any wait. The
+wait ends early once as many requests are queued as were seen at the last batch's end (its own and
+those that queued while it ran): a lone client is never kept waiting for a batch to fill.
 `max_batch=1` serves one request at a time (what batching is measured against). A request larger
 than a batch runs in model calls of at most `max(max_batch, CHUNK)` inputs (bounded activations).
 
@@ -76,7 +77,7 @@ class Batcher:
         self.queue: deque[Entry] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._last_requests = 0  # requests in the last batch: 1 means a lone client, so no waiting
+        self._expect = 0  # requests seen at the last batch's end (its own + queued since): whom a batch waits for
 
     @property
     def depth(self) -> int:
@@ -151,25 +152,23 @@ class Batcher:
                 if not entry.future.done():  # a client that went away cancelled its future
                     entry.future.set_result(rows[at : at + len(entry.inputs)])
                 at += len(entry.inputs)
-            self._last_requests = len(batch)
+            self._expect = len(batch) + len(self.queue)
             if self.on_batch is not None:
                 self.on_batch(kind, at, len(batch))
 
     async def _one_by_one(self, batch: list[Entry], error: Exception) -> None:
         """A failed batch, again request by request: the requests that go through get their rows; one
         that fails while another went through (or with a ValueError / TypeError) gets InputFailed."""
-        if len(batch) == 1:
-            failures = [(batch[0], error)]
-        else:
-            failures = []
-            for entry in batch:
-                if entry.future.done():
-                    continue
-                try:
-                    entry.future.set_result(await self.in_model_thread(self._forward, entry.kind, entry.inputs))
-                except Exception as e:  # noqa: BLE001
-                    failures.append((entry, e))
-        blame_input = len(failures) < len(batch)
+        live = [e for e in batch if not e.future.done()]  # not the requests that went away
+        failures = [(live[0], error)] if len(live) == 1 else []
+        for entry in live if len(live) > 1 else []:
+            try:
+                rows = await self.in_model_thread(self._forward, entry.kind, entry.inputs)
+                if not entry.future.done():
+                    entry.future.set_result(rows)
+            except Exception as e:  # noqa: BLE001
+                failures.append((entry, e))
+        blame_input = len(failures) < len(live)
         for entry, e in failures:
             if not entry.future.done():
                 bad = blame_input or isinstance(e, (ValueError, TypeError))
@@ -177,10 +176,10 @@ class Batcher:
 
     async def _gather(self) -> list[Entry]:
         """The oldest entry plus the queued entries of its kind that fit in `max_batch`, after waiting
-        up to `max_wait` from its arrival for more to come."""
+        up to `max_wait` from its arrival for more to come (until `_expect` requests are queued)."""
         kind = self.queue[0].kind
-        deadline = self.queue[0].queued_at + (self.max_wait if self._last_requests > 1 else 0.0)
-        while self._queued(kind) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
+        deadline = self.queue[0].queued_at + self.max_wait
+        while self._short(kind) and (left := deadline - time.perf_counter()) > 0:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
@@ -204,8 +203,10 @@ class Batcher:
             await self._arrived.wait()
         return await self._gather()
 
-    def _queued(self, kind: str) -> int:
-        return sum(len(e.inputs) for e in self.queue if e.kind == kind)
+    def _short(self, kind: str) -> bool:
+        """Fewer than `max_batch` inputs and fewer than `_expect` requests of `kind` queued."""
+        mine = [len(e.inputs) for e in self.queue if e.kind == kind]
+        return sum(mine) < self.max_batch and len(mine) < self._expect
 
     def _forward(self, kind: str, inputs: list) -> Tensor:
         size = max(self.max_batch, CHUNK)
