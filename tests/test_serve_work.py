@@ -216,6 +216,8 @@ def test_search_limits_k_candidates_and_exact_scans(model):
         assert r.status_code == 400 and "k: 101 is out of range [1, 100]" in r.text
         r = client.post("/knn-service", json={"embedding_input": vec, "num_images": 101})
         assert r.status_code == 400 and "num_images" in r.text
+        r = client.post("/knn-service", json={"embedding_input": vec, "num_result_ids": 3000})  # clip-front's
+        assert r.status_code == 200 and len(r.json()) == 100  # capped at --max-k, not refused
         assert client.post("/v1/search", json={"vector": vec, "k": 100}).status_code == 200
         assert ix.calls[-1] == (100, False, 777)  # the candidate budget reaches the index
         r = client.post("/v1/search", json={"vector": vec, "exact": True})
