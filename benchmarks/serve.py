@@ -6,20 +6,18 @@ infinity-emb serving the same weights (our `siglip convert --to hf` export), all
     python benchmarks/serve.py --variant mu/4 --image-size 32 --seconds 3 --no-infinity   # a quick look
     python benchmarks/serve.py --infinity /work/infinity-venv/bin/infinity_emb --json
 
-    -> one line per cell as it finishes, then a table: per modality and client count, requests/s,
-       p50 and p99 latency for each server, and the ratios batching / one-at-a-time and siglip /
-       infinity; and, measured first, what one call on 32 inputs gains over one input a call on
-       the model alone. Target: at 32 clients, batching >= 3x the requests/s of one-at-a-time.
+    -> a line per cell (with siglip's mean batch), a table of requests/s, p50 and p99 per modality
+       and client count, batching / one-at-a-time and siglip / infinity; the model alone (measured
+       first); issue 31's targets: at 32 clients batching server / model alone on batches >= 0.85x,
+       one client batching / --max-batch 1 >= 0.95x, images at 32 clients siglip / infinity >= 1.0x.
 
 Each client sends one input per request and the next as soon as the answer is in (a closed loop).
 A cell runs `--seconds`, then lets the requests in flight finish: requests/s = answers / (last answer
 - first request). The three servers run side by side and the cells alternate between them, so a busy
 neighbour slows all three alike; each server gets `--threads` intra-op threads. infinity-emb pins its
-own torch and transformers: install it in its own virtual environment
-(`python -m venv /work/infinity-venv && /work/infinity-venv/bin/pip install 'infinity-emb[server,torch]'
-aiohttp pillow sentencepiece protobuf`) and pass its `infinity_emb` with --infinity; where it cannot
-start, the table says why and leaves its columns out. The model (random weights), its Hugging Face
-export and the images are written once under --workdir.
+own torch and transformers: install it in its own virtual environment (docs/serve-benchmark.md) and
+pass its `infinity_emb` with --infinity; where it cannot start, the table says why and leaves its
+columns out. The model (random weights), its HF export and the images are written once under --workdir.
 """
 
 from __future__ import annotations
@@ -97,11 +95,10 @@ def inputs(n: int = 64) -> dict[str, list[str]]:
 
 def ceiling(
     ours: Path, texts: list[str], max_batch: int, threads: int, device: str = "cpu", repeats: int = 5
-) -> dict[str, float]:
-    """What batching gains on the model alone, in this process (no HTTP, no queue): items/s embedding
-    `max_batch` inputs in one call over items/s embedding one input a call, per modality. A server's
-    batching / one-at-a-time ratio can exceed it only by the per-request work around the model call
-    during which a one-at-a-time server leaves the model idle."""
+) -> dict[str, dict[str, float]]:
+    """The model alone, in this process (no HTTP, no queue), per modality: `items_s` embedding `max_batch`
+    inputs a call (a batching server's best), `gain`: that over one input a call (what batching / one-at-
+    a-time can exceed only by the per-request work during which one-at-a-time leaves the model idle)."""
     import torch
 
     import siglip
@@ -127,7 +124,7 @@ def ceiling(
                 sync()
                 times.append((time.perf_counter() - t) / n)
             per_item[n] = statistics.median(times)
-        out[kind] = per_item[1] / per_item[max_batch]
+        out[kind] = {"gain": per_item[1] / per_item[max_batch], "items_s": 1 / per_item[max_batch]}
     return out
 
 
@@ -217,8 +214,16 @@ def start_servers(args: argparse.Namespace, ours: Path, hf: Path) -> tuple[list[
 # --- load ---
 
 
+def batched(server: Served, kind: str) -> tuple[float, float]:
+    """(inputs, model calls) so far, from a siglip server's /metrics (infinity: (0, 0))."""
+    text = httpx.get(server.url + "/metrics", timeout=30).text if server.name != "infinity" else ""
+    got = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("siglip_batch_size_"))
+    return tuple(float(got.get(f'siglip_batch_size_{x}{{kind="{kind}"}}', 0)) for x in ("sum", "count"))
+
+
 async def cell(server: Served, kind: str, pool: list[str], clients: int, seconds: float) -> dict:
     """`clients` closed-loop clients for `seconds`, then the requests in flight finish."""
+    before = batched(server, kind)
     bodies = [server.payload(kind, x) for x in pool]
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -243,7 +248,9 @@ async def cell(server: Served, kind: str, pool: list[str], clients: int, seconds
 
         await asyncio.gather(*(one(i) for i in range(clients)))
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    inputs, calls = (a - b for a, b in zip(batched(server, kind), before))
     return {
+        "batch": inputs / calls if calls else float("nan"),
         "server": server.name,
         "modality": kind,
         "clients": clients,
@@ -256,8 +263,7 @@ async def cell(server: Served, kind: str, pool: list[str], clients: int, seconds
 
 
 def warm_up(servers: list[Served], data: dict[str, list[str]], kinds: list[str], max_batch: int) -> None:
-    """A moment of each modality with 1 and with max-batch clients, so first-call costs (weight packing,
-    kernels made for a new batch size) stay out of the cells."""
+    """A moment of each modality with 1 and max-batch clients: first-call costs stay out of the cells."""
     for s in servers:
         for kind in kinds:
             for c in (1, max_batch):
@@ -304,6 +310,22 @@ def table(results: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def targets(results: list[dict], bound: dict) -> list[str]:
+    """Issue 31's three efficiency ratios, one line each (n/a where a cell was not run)."""
+    rps = {(r["server"], r["modality"], r["clients"]): r["rps"] for r in results}
+    ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "n/a"  # noqa: E731
+    alone = {k: bound.get(k, {}).get("items_s") for k in ("text", "image")}
+    lines = [f"target {k:<5} 32 clients, batching server / model alone on batches: "
+             f"{ratio(rps.get(('batching', k, 32)), alone[k])} (>= 0.85x)" for k in alone]  # fmt: skip
+    lines += [f"target {k:<5} 1 client, batching / --max-batch 1: "
+              f"{ratio(rps.get(('batching', k, 1)), rps.get(('one-at-a-time', k, 1)))} (>= 0.95x)" for k in alone]  # fmt: skip
+    lines.append(
+        f"target image 32 clients, siglip / infinity-emb: "
+        f"{ratio(rps.get(('batching', 'image', 32)), rps.get(('infinity', 'image', 32)))} (>= 1.0x)"
+    )
+    return lines  # fmt: skip
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="B/16")
@@ -328,10 +350,12 @@ def report(args: argparse.Namespace, results: list[dict], names: list[str], why_
     print(table(results, names))
     print(
         f"the model alone (no server, measured first): one call on {args.max_batch} inputs gives "
-        + ", ".join(f"{v:.2f}x ({k})" for k, v in bound.items())
+        + ", ".join(f"{v['gain']:.2f}x ({k}, {v['items_s']:.1f} items/s)" for k, v in bound.items())
         + " the items/s of one input a call (the model's own gain; the servers' ratio above also holds"
         + " the HTTP, JSON and queue work around each call, on cores the clients share)"
     )
+    for line in targets(results, bound):
+        print(line)
     if why_not:
         print(f"infinity-emb: {why_not}")
     else:
@@ -365,7 +389,7 @@ def main() -> None:
                     results.append(r)
                     err = f"  errors {r['errors']}" if r["errors"] else ""
                     print(f"  {s.name:>13} {kind:<5} {c:>3} clients: {r['rps']:6.1f} req/s  p50 {r['p50_ms']:6.0f} ms"
-                          f"  p99 {r['p99_ms']:6.0f} ms  ({r['requests']} answers){err}", flush=True)  # fmt: skip
+                          f"  p99 {r['p99_ms']:6.0f} ms  ({r['requests']} answers, batch {r['batch']:.1f}){err}", flush=True)  # fmt: skip
     finally:
         for s in servers:
             s.stop()

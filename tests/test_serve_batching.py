@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("fastapi")
 
-from siglip.serve.batching import Batcher, Overloaded  # noqa: E402
+from siglip.serve.batching import Batcher, InputFailed, Overloaded  # noqa: E402
 
 
 class Recorder:
@@ -96,7 +96,9 @@ def test_a_full_queue_raises_overloaded_and_the_rest_are_served():
     assert len(refused) == 6 and len(served) == 4 and depth == 0
 
 
-def test_a_failing_call_fails_its_requests_and_the_worker_lives_on():
+def test_a_failing_call_fails_its_own_request_only_and_the_worker_lives_on():
+    """A failed batch is retried request by request: "ok" gets its rows, "boom" an InputFailed (the
+    routes' 400). Before issue 31 both got the batch's ValueError."""
     model = Recorder(fail_on="boom")
 
     async def go(b):
@@ -105,8 +107,10 @@ def test_a_failing_call_fails_its_requests_and_the_worker_lives_on():
         return bad, good
 
     bad, good = run(with_batcher(model, go, max_batch=8, max_wait_ms=20))
-    assert all(isinstance(r, ValueError) for r in bad)  # batched together, so both see the error
+    assert isinstance(bad[0], InputFailed) and "cannot embed 'boom'" in str(bad[0])
+    torch.testing.assert_close(bad[1], want(["ok"]))
     torch.testing.assert_close(good, want(["fine"]))
+    assert model.calls[:3] == [2, 1, 1]  # the batch, then each request alone
 
 
 def test_bad_settings_are_refused():

@@ -78,6 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--header-timeout", type=float, default=10.0, help="s for a request's headers, else 408 (0: none)")
     g.add_argument("--body-timeout", type=float, default=60.0, help="s for a request's body, else 408 (0: none)")
     g.add_argument("--request-timeout", type=float, default=120.0, help="s for a whole request, else 503 (0: none)")
+    g.add_argument("--max-k", type=int, default=1000, help="results per search, ids per /metadata (400 above)")
+    g.add_argument("--max-candidates", type=int, default=10_000, help="rows an approximate search re-reads per query")
+    g.add_argument(
+        "--max-exact-rows", type=int, default=1_000_000, help='largest index a request may scan with "exact"'
+    )
+    g.add_argument("--max-scans", type=int, default=2, help="exact scans at once (the others wait their turn)")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=32, help="inputs per model call (1: no batching)")
     g.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others")
@@ -115,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         max_pixels=args.max_pixels,
         max_concurrent=args.max_concurrent,
+        max_k=args.max_k,
+        max_candidates=args.max_candidates,
+        max_exact_rows=args.max_exact_rows,
+        max_scans=args.max_scans,
         public_url=args.public_url,
         url_ttl_s=args.url_ttl,
         cors=args.cors,

@@ -96,9 +96,13 @@ def rerank(rows: np.ndarray, q: Tensor, cand: np.ndarray, k: int) -> tuple[np.nd
     return scores, out
 
 
-def approx_search(rows: np.ndarray, index: Any, plan: Plan, q: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top k through a configured faiss `index`: `plan.rerank` x k candidates, re-scored exactly."""
-    cand = ann.search(index, q.numpy(), min(len(rows), max(k, plan.rerank * k)))
+def approx_search(
+    rows: np.ndarray, index: Any, plan: Plan, q: Tensor, k: int, max_candidates: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top k through a configured faiss `index`: `plan.rerank` x k candidates (at most `max_candidates`,
+    never fewer than k: what bounds a search's reads and memory), re-scored exactly."""
+    n = plan.rerank * k if max_candidates is None else min(plan.rerank * k, max_candidates)
+    cand = ann.search(index, q.numpy(), min(len(rows), max(k, n)))
     return rerank(rows, q, cand, k)
 
 
@@ -188,17 +192,20 @@ class Generation:
             out.append(json.loads(os.pread(self._items.fileno(), end - start, start)))
         return out
 
-    def search(self, vectors: np.ndarray | Tensor, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, vectors: np.ndarray | Tensor, k: int, exact: bool = False, max_candidates: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top k rows by cosine of each query (d,) or (q, d): (q, k) float32 cosines (descending),
         (q, k) int64 row ids; k is capped at the row count. Approximate when a usable approximate
-        index exists and not `exact`; the scores are exact cosines either way."""
+        index exists and not `exact` (re-ranking at most `max_candidates` rows per query, never fewer
+        than k); the scores are exact cosines either way."""
         q = as_queries(vectors, self.dim)
         k = min(int(k), self.count)
         loaded = None if exact else self.approximate()
         if loaded is None or k == 0:
             scores, rows = self._scan(q, k)
             return scores.numpy().astype(np.float32), rows.numpy().astype(np.int64)
-        scores, rows = approx_search(self.rows, loaded[0], loaded[1], q, k)
+        scores, rows = approx_search(self.rows, loaded[0], loaded[1], q, k, max_candidates)
         short = (rows < 0).any(axis=1)  # a probe found fewer than k rows: answer those exactly
         if short.any():
             s, r = self._scan(q[torch.from_numpy(short)], k)

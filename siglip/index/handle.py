@@ -131,11 +131,14 @@ class Index:
         loaded = self.approximate()
         return None if loaded is None else loaded[2]
 
-    def search(self, vectors: np.ndarray | Tensor, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, vectors: np.ndarray | Tensor, k: int, exact: bool = False, max_candidates: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top k rows by cosine of each query (d,) or (q, d): (q, k) float32 cosines (descending),
         (q, k) int64 row ids; k is capped at the row count. Approximate when a usable approximate
-        index exists and not `exact`; the scores are exact cosines either way."""
-        return self.current().search(vectors, k, exact)
+        index exists and not `exact` (re-ranking at most `max_candidates` rows per query, never fewer
+        than k); the scores are exact cosines either way."""
+        return self.current().search(vectors, k, exact, max_candidates)
 
     def approximate(self) -> tuple[Any, Plan, dict] | None:
         return self.current().approximate()

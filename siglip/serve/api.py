@@ -21,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from siglip.api import DEFAULT_TEMPLATES
+from siglip.model import l2_normalize
 from siglip.serve import fields
 from siglip.serve.images import ThumbnailCache, check_generation, check_thumbnail_url, thumbnail_jpeg
 from siglip.serve.indexes import IndexView
@@ -99,10 +100,25 @@ def item_fields(item: dict) -> dict:
 
 
 async def search_index(
-    ix: IndexView, q: torch.Tensor, k: int, exact: bool = False
+    s: ServerState, ix: IndexView, q: torch.Tensor, k: int, exact: bool = False
 ) -> tuple[list[float], list[int], list[dict]]:
-    """Top-k cosines, rows and items of one (1, d) query, off the event loop, from one generation."""
-    cos, rows = await run_in_threadpool(ix.search, q, k, exact)
+    """Top-k cosines, rows and items of one (1, d) query, off the event loop, from one
+    generation. An approximate search
+    re-reads at most --max-candidates rows; a scan of the whole file (`exact`, or an index without an
+    approximate one) waits for one of --max-scans turns, and `exact` on an index that has an
+    approximate one is refused past --max-exact-rows rows."""
+    limit = s.settings.max_exact_rows
+    if exact and ix.ann is not None and ix.count > limit:
+        raise ApiError(
+            400,
+            f"exact: index {ix.name!r} has {ix.count} rows, over the {limit} an exact scan may read "
+            "(--max-exact-rows); leave 'exact' out to search its approximate index",
+        )
+    if exact or ix.ann is None:
+        async with s.scans:
+            cos, rows = await run_in_threadpool(ix.search, q, k, True)
+    else:
+        cos, rows = await run_in_threadpool(ix.search, q, k, False, s.settings.max_candidates)
     rows_l = rows[0].tolist()
     items = await run_in_threadpool(ix.items, rows_l)
     return cos[0].tolist(), rows_l, items
@@ -117,7 +133,7 @@ async def search(request: Request) -> Response:
     exact = fields.boolean(body, "exact", False)
     q = await query_vector(s, body, "text", "image", "vector")
     ix = ix.view()  # one generation for the rows, their items and the thumbnail URLs
-    cos, rows, items = await search_index(ix, q, k, exact)
+    cos, rows, items = await search_index(s, ix, q, k, exact)
     logits = s.model.from_cosine(torch.tensor(cos))  # (k,) t * cos + b
     hits = []
     for row, c, z, p, item in zip(rows, cos, logits.tolist(), torch.sigmoid(logits).tolist(), items):
@@ -144,12 +160,18 @@ async def classify(request: Request) -> dict:
     for i, t in enumerate(templates):
         if "{}" not in t:
             raise ApiError(400, f"templates[{i}]: {t!r} has no '{{}}' where the label goes")
+        try:
+            t.format("label")
+        except (ValueError, IndexError, KeyError) as e:  # "{} {}", "{0}{x}", "{"
+            raise ApiError(400, f"templates[{i}]: {t[:200]!r} is not a template with one '{{}}' ({e!r})") from None
     if len(labels) * len(templates) > MAX_LABEL_PROMPTS:
         raise ApiError(400, f"labels x templates: {len(labels) * len(templates)} prompts, over {MAX_LABEL_PROMPTS}")
     if not s.model.has_tokenizer:
         raise ApiError(400, "this model was loaded without a tokenizer, so it cannot embed labels")
     zimg = await s.embed_images(images, "images")
-    zlab = await s.batcher.in_model_thread(s.model.label_embeddings, labels, templates)
+    prompts = [t.format(label) for label in labels for t in templates]  # label-major, as Model.label_embeddings
+    zlab = await s.embed_texts(prompts, "labels x templates")  # through the queue: --max-queue applies
+    zlab = l2_normalize(zlab.view(len(labels), len(templates), -1).mean(dim=1))
     probs = torch.sigmoid(s.model.logits(zimg, zlab))  # (n_img, n_labels)
     results = [{"probabilities": p.tolist(), "top": labels[int(p.argmax())]} for p in probs]
     return {"labels": labels, "results": results}

@@ -13,9 +13,10 @@ of unit vectors (the cosine). An image item's `url` is the absolute URL of our t
 the page shows it from any origin allowed by --cors. Differences: each served index has one kind of
 rows, so `modality` is checked but the named index is searched whatever it says; `image_url` is
 refused (this server fetches nothing); as in clip_back, a text wins over an image, an image over
-an embedding; the safety, violence, deduplication and aesthetic options
-are accepted and ignored (they need models this server does not have). Bodies are read as JSON
-whatever their Content-Type (clip-front sends text/plain, the client none).
+an embedding; `num_result_ids` is capped at --max-k (clip-front asks for 3,000; `num_images` past it
+is a 400); the safety, violence, deduplication and aesthetic options are accepted and ignored (they
+need models this server does not have). Bodies are read as JSON whatever their Content-Type
+(clip-front sends text/plain, the client none).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ async def knn_service(request: Request) -> list[dict]:
     if modality not in ("image", "text"):
         raise ApiError(400, f"modality: {modality!r}; choose 'image' or 'text'")
     num_images = fields.integer(body, "num_images", 40, 1, s.settings.max_k)
-    num_ids = fields.integer(body, "num_result_ids", num_images, 1, s.settings.max_k)
+    num_ids = min(fields.integer(body, "num_result_ids", num_images, 1, 1 << 30), s.settings.max_k)  # clip-front: 3000
     q = await query_vector(s, body, "text", "image", "embedding_input", first=True)
     ix = ix.view()  # one generation for the rows, their items and the thumbnail URLs
-    cos, rows, items = await search_index(ix, q, max(num_ids, num_images))
+    cos, rows, items = await search_index(s, ix, q, max(num_ids, num_images))
     out = []
     for i, (row, c, item) in enumerate(zip(rows, cos, items)):
         hit = metadata_of(s, request, ix, row, item) if i < num_images else {}

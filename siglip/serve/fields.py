@@ -10,6 +10,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -18,6 +19,7 @@ from siglip.serve.limits import ApiError
 
 MISSING = object()
 MAX_TEXT_CHARS = 65_536  # a text far past any model's context length is a mistake or an attack
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 BIG = 1 << 20  # bytes of JSON parsed or written in a worker thread rather than on the event loop
 
 
@@ -53,7 +55,17 @@ def _type_name(value: Any) -> str:
     )
 
 
+def check_unicode(value: str, key: str) -> None:
+    """400 unless `value` encodes as UTF-8: JSON's `\\ud800` escapes give lone surrogates, which
+    pass every type check and then fail the tokenizer (or the answer's encoding) deep inside."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"{key}: not valid Unicode (a lone surrogate at character {e.start})") from None
+
+
 def check_chars(value: str, key: str, max_chars: int | None) -> None:
+    check_unicode(value, key)
     if max_chars is not None and len(value) > max_chars:
         raise ApiError(400, f"{key}: {len(value)} characters, over the limit of {max_chars} for a text")
 
@@ -120,8 +132,17 @@ def strings(body: dict, key: str, max_items: int, required: bool = True, max_cha
     return value
 
 
+def _as_float(v: int | float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer of 400 digits
+        return math.inf
+
+
 def vector(body: dict, key: str, dim: int) -> list[float] | None:
-    """An embedding: `dim` finite numbers (absent: None); 400 for a wrong length or a zero vector."""
+    """An embedding: `dim` numbers finite in float32 (absent: None), returned at unit length; 400 for a
+    wrong length, a number past float32's range (1e39 would give NaN scores) or a vector that is zero
+    once cast to float32 (1e-46 rounds to 0)."""
     value = body.get(key)
     if value is None:
         return None
@@ -132,8 +153,13 @@ def vector(body: dict, key: str, dim: int) -> list[float] | None:
     if len(value) != dim:
         raise ApiError(400, f"{key}: {len(value)} numbers, but the model's embeddings have {dim}")
     for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ApiError(400, f"{key}[{i}]: expected a finite number, got {v!r}"[:200])
-    if not any(value):
-        raise ApiError(400, f"{key}: the zero vector has no direction")
-    return [float(v) for v in value]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v := _as_float(v)):
+            raise ApiError(400, f"{key}[{i}]: expected a finite number, got {value[i]!r}"[:200])
+        if abs(v) > FLOAT32_MAX:
+            raise ApiError(400, f"{key}[{i}]: {v!r} is out of float32's range (at most {FLOAT32_MAX:.4g})"[:200])
+    x32 = np.asarray(value, dtype=np.float64).astype(np.float32)  # what the search will see
+    if not x32.any():
+        raise ApiError(400, f"{key}: the zero vector has no direction (in float32: numbers under 1e-45 are 0)")
+    x = x32.astype(np.float64)
+    x /= np.abs(x).max()  # scaled first: the squares of 1e-40 or 1e38 would under- or overflow
+    return (x / np.linalg.norm(x)).astype(np.float32).tolist()

@@ -53,12 +53,21 @@ class IndexView:
         """The generation's name in thumbnail URLs ("G-hash")."""
         return self.gen.tag
 
-    def search(self, queries: Tensor, k: int, exact: bool = False) -> tuple[Tensor, Tensor]:
+    @property
+    def ann(self) -> dict | None:
+        """This generation's approximate index (its ann.json), or None: exact search."""
+        loaded = self.gen.approximate()
+        return None if loaded is None else loaded[2]
+
+    def search(
+        self, queries: Tensor, k: int, exact: bool = False, max_candidates: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Top-k of (q, d) float32 unit rows: (q, k') exact cosines (descending) and (q, k') row ids,
-        k' = min(k, count); candidates from the approximate index unless `exact` or there is none."""
+        k' = min(k, count); candidates (at most `max_candidates`, at least k) from the approximate
+        index unless `exact` or there is none."""
         if self.count == 0:
             return torch.zeros(len(queries), 0), torch.zeros(len(queries), 0, dtype=torch.long)
-        cos, rows = self.gen.search(queries, k, exact=exact)
+        cos, rows = self.gen.search(queries, k, exact=exact, max_candidates=max_candidates)
         return torch.from_numpy(cos), torch.from_numpy(rows)
 
     def items(self, rows: list[int]) -> list[dict]:
@@ -115,8 +124,10 @@ class ServedIndex:
         """The approximate index in use (kind, parameters, measured recall), or None: exact search."""
         return self.handle.ann
 
-    def search(self, queries: Tensor, k: int, exact: bool = False) -> tuple[Tensor, Tensor]:
-        return self.view().search(queries, k, exact)
+    def search(
+        self, queries: Tensor, k: int, exact: bool = False, max_candidates: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self.view().search(queries, k, exact, max_candidates)
 
     def items(self, rows: list[int]) -> list[dict]:
         return self.view().items(rows)

@@ -84,12 +84,24 @@ async def embed_mixed(s: ServerState, inputs: list[str], is_image: list[bool]) -
     async def nothing() -> torch.Tensor:
         return torch.zeros(0, s.model.dim)
 
-    ztxt, zimg = await asyncio.gather(
+    ztxt, zimg = await together(
         s.embed_texts(texts) if texts else nothing(),
         s.embed_images([v for _, v in images], "input", [i for i, _ in images]) if images else nothing(),
     )
     ti, ii = iter(ztxt), iter(zimg)
     return [next(ii) if img else next(ti) for img in is_image]
+
+
+async def together(*coros) -> list:
+    """asyncio.gather, but the first failure cancels the others (and waits for them): a bad image must
+    not leave its request's texts queued for the model after the 400."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def encode(row: torch.Tensor, encoding: str) -> list[float] | str:

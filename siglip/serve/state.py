@@ -13,7 +13,8 @@ from fastapi import Request
 from torch import Tensor
 
 from siglip.api import Model, TokenizerMissing
-from siglip.serve.batching import Batcher, Overloaded
+from siglip.serve import fields
+from siglip.serve.batching import Batcher, InputFailed, Overloaded
 from siglip.serve.images import URL_TTL_S, decode_image, thumbnail_query
 from siglip.serve.indexes import ServedIndex
 from siglip.serve.limits import ApiError
@@ -36,7 +37,10 @@ class Settings:
     max_images: int = 256  # images per request
     max_images_held: int = 1024  # decoded images held at once, all requests together (~0.6 GB at 224 px)
     max_concurrent: int = 256  # requests in flight (bodies held) before 503
-    max_k: int = 10_000  # results per search
+    max_k: int = 1000  # results per search (and ids per /metadata)
+    max_candidates: int = 10_000  # rows an approximate search re-reads per query (rerank x k, capped)
+    max_exact_rows: int = 1_000_000  # "exact": true on an index with an approximate one, up to this many rows
+    max_scans: int = 2  # exact scans at once, all requests together (the others wait their turn)
     public_url: str = ""  # the base of absolute URLs (thumbnails); default: the request's own
     url_ttl_s: int = URL_TTL_S  # how long a thumbnail URL works (then 410)
     cors: list[str] = field(default_factory=list)
@@ -52,7 +56,11 @@ class ServerState:
     settings: Settings
     batcher: Batcher
     metrics: Metrics
-    images_held: int = 0  # decoded or queued images of the requests in flight (event loop only)
+    images_held: int = 0  # images of the requests in flight, until their decoding has stopped (event loop only)
+    scans: asyncio.Semaphore | None = None  # exact scans at once: settings.max_scans
+
+    def __post_init__(self):
+        self.scans = asyncio.Semaphore(max(1, self.settings.max_scans))
 
     @classmethod
     def build(cls, model: Model, indexes: dict[str, ServedIndex], settings: Settings, **batching) -> ServerState:
@@ -82,10 +90,13 @@ class ServerState:
             raise ApiError(404, f"{field}: no index {name!r}; this server has {sorted(self.indexes)}")
         return self.indexes[name]
 
-    async def embed_texts(self, texts: list[str]) -> Tensor:
-        """(n, d) unit rows, through the batching queue."""
+    async def embed_texts(self, texts: list[str], field: str = "input") -> Tensor:
+        """(n, d) unit rows, through the batching queue. Each text is checked first (it must encode
+        as UTF-8: a lone surrogate would fail inside the tokenizer)."""
         if not self.model.has_tokenizer:
             raise ApiError(400, "this model was loaded without a tokenizer, so it cannot embed texts")
+        for i, t in enumerate(texts):
+            fields.check_unicode(t, f"{field}[{i}]" if len(texts) > 1 else field)
         return await self._embed("text", texts)
 
     async def embed_images(self, values: list[str], field: str, positions: list[int] | None = None) -> Tensor:
@@ -103,9 +114,9 @@ class ServerState:
             retry = {"Retry-After": str(self.settings.retry_after_s)}
             raise ApiError(503, f"the server holds {self.images_held} images in flight already; retry", retry)
         self.images_held += len(values)
-        try:
-            jobs = [self.batcher.decode(self._prepare, v, name) for v, name in zip(values, names)]
-            return await self._embed("image", list(await asyncio.gather(*jobs)))
+        try:  # decode_all returns (or raises) only once none of its jobs runs any more: the budget holds
+            prepared = await self.batcher.decode_all(self._prepare, list(zip(values, names)))
+            return await self._embed("image", prepared)
         finally:
             self.images_held -= len(values)
 
@@ -121,6 +132,8 @@ class ServerState:
             raise ApiError(503, "the server is at capacity (--max-queue requests waiting); retry", retry) from e
         except TokenizerMissing as e:
             raise ApiError(400, str(e)) from e
+        except InputFailed as e:  # the model failed on these inputs alone, not on their neighbours'
+            raise ApiError(400, f"the model could not embed this request's {kind}s ({e})"[:500]) from e
 
     # ---------------------------------------------------------------------------------------------
 
