@@ -77,6 +77,9 @@ class FakeIndex:
         k = min(k, self.count)
         return torch.ones(1, k), torch.arange(k)[None]
 
+    def view(self):  # one generation: a fake index has only one
+        return self
+
     def items(self, rows):
         return [{"text": f"t{r}"} for r in rows]
 
@@ -141,14 +144,16 @@ def test_a_request_that_goes_away_holds_its_budget_until_its_decode_stops(model)
 def test_a_lone_surrogate_is_refused_before_batching_and_fails_no_neighbour(model):
     """Old failure: {"input": ["a \\ud800"]} passed validation and the tokenizer raised inside the batch,
     so the request (and every request batched with it) got a 500."""
-    with TestClient(create_app(ServerState.build(model, {"big": FakeIndex(10, None)}, Settings()))) as client:
+    with TestClient(
+        create_app(ServerState.build(model, {"big": FakeIndex(10, None)}, Settings())), base_url="http://127.0.0.1"
+    ) as client:
         for path, body in [
             ("/v1/embeddings", b'{"input": ["a cat", "a \\ud800"]}'),
             ("/v1/search", b'{"text": "\\udfff x"}'),
             ("/v1/classify", b'{"images": ["AAAA"], "labels": ["cat", "\\ud800"]}'),
             ("/knn-service", b'{"text": "\\ud800"}'),
         ]:
-            r = client.post(path, content=body)
+            r = client.post(path, content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, (path, r.status_code, r.text)
             assert "lone surrogate" in r.json()["error"]["message"], r.text
         assert client.post("/v1/embeddings", json={"input": "a cat"}).status_code == 200
@@ -195,7 +200,7 @@ def test_classify_prompts_go_through_the_queue_and_match_the_model(model, tmp_pa
     png = write_image(tmp_path / "a.png", (200, 30, 30), (20, 18))
     image = __import__("base64").b64encode(png.read_bytes()).decode()
     labels, templates = ["cat", "dog", "car"], ["a photo of a {}.", "a {}"]
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://127.0.0.1") as client:
         r = client.post("/v1/classify", json={"images": [image], "labels": labels, "templates": templates})
         assert r.status_code == 200, r.text
         bad = client.post("/v1/classify", json={"images": [image], "labels": labels, "templates": ["{} {}"]})
@@ -211,7 +216,7 @@ def test_search_limits_k_candidates_and_exact_scans(model):
     ix = FakeIndex(5_000_000, {"kind": "ivf-pq"}, seconds=0.1)
     settings = Settings(max_k=100, max_candidates=777, max_exact_rows=1_000_000, max_scans=1)
     vec = [1.0] + [0.0] * (model.dim - 1)
-    with TestClient(create_app(ServerState.build(model, {"big": ix}, settings))) as client:
+    with TestClient(create_app(ServerState.build(model, {"big": ix}, settings)), base_url="http://127.0.0.1") as client:
         r = client.post("/v1/search", json={"vector": vec, "k": 101})
         assert r.status_code == 400 and "k: 101 is out of range [1, 100]" in r.text
         r = client.post("/knn-service", json={"embedding_input": vec, "num_images": 101})
@@ -223,7 +228,9 @@ def test_search_limits_k_candidates_and_exact_scans(model):
         r = client.post("/v1/search", json={"vector": vec, "exact": True})
         assert r.status_code == 400 and "--max-exact-rows" in r.json()["error"]["message"]
     small = FakeIndex(1000, {"kind": "ivf-flat"}, seconds=0.15)
-    with TestClient(create_app(ServerState.build(model, {"small": small}, settings))) as client:
+    with TestClient(
+        create_app(ServerState.build(model, {"small": small}, settings)), base_url="http://127.0.0.1"
+    ) as client:
         threads = [
             threading.Thread(target=client.post, args=("/v1/search",), kwargs={"json": {"vector": vec, "exact": True}})
             for _ in range(4)
@@ -237,7 +244,7 @@ def test_search_limits_k_candidates_and_exact_scans(model):
 
 def test_the_candidate_budget_caps_what_an_approximate_search_reads(monkeypatch):
     """Old failure: rerank x k candidates whatever k (no budget): k = 10,000 on IVF-PQ re-read 100k rows."""
-    import siglip.index.handle as handle
+    import siglip.index.generation as handle  # approx_search lives there since indexes open by generation
     from siglip.index.ann_plan import Plan
 
     asked = []
@@ -264,7 +271,9 @@ def test_vectors_out_of_float32_range_or_zero_in_float32_are_refused(model):
     /v1/search's JSON, null in /knn-service); [1e-46, ...] became the zero vector past the zero check."""
     ix = FakeIndex(10, None)
     d = model.dim
-    with TestClient(create_app(ServerState.build(model, {"big": ix}, Settings()))) as client:
+    with TestClient(
+        create_app(ServerState.build(model, {"big": ix}, Settings())), base_url="http://127.0.0.1"
+    ) as client:
         for vec, words in [([1e39] + [0.0] * (d - 1), "vector[0]: 1e+39 is out of float32's range"),
                            ([1e-46] + [0.0] * (d - 1), "zero vector"),
                            ([10**400] + [0] * (d - 1), "vector[0]: expected a finite number")]:  # fmt: skip
