@@ -1,7 +1,9 @@
-"""siglip convert SRC DST --to {siglip,hf} [--tokenizer FILE]: the checkpoint converter.
+"""siglip convert SRC DST --to {siglip,hf} [--tokenizer FILE] [--vision-only] [--image-size S]: the checkpoint converter.
 
 siglip convert /models/siglip-base-patch16-224 siglip_b16.pt --to siglip
 siglip convert ./checkpoints/siglip_finetune.pt ./export --to hf
+siglip convert siglip_b16.pt ./vision --to hf --vision-only     # SiglipVisionModel, for a VLM
+siglip convert siglip_b16.pt siglip_b16_384.pt --to siglip --image-size 384
 """
 
 from __future__ import annotations

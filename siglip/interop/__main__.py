@@ -13,6 +13,7 @@ import argparse
 from siglip.checkpoint import atomic_save
 from siglip.interop.detect import load_payload
 from siglip.interop.hf import to_hf
+from siglip.resolution import at_image_size
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,10 +27,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tokenizer", default=None, help="SentencePiece model or tokenizer.json, if none lies beside SRC"
     )
+    parser.add_argument(
+        "--vision-only", action="store_true", help="--to hf: the image tower alone (SiglipVisionModel), for a VLM"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=0, help="a fixed-resolution model at this size (position grid resized)"
+    )
     args = parser.parse_args(argv)
-    payload = load_payload(args.src, args.tokenizer)
+    if args.vision_only and args.to != "hf":
+        parser.error("--vision-only goes with --to hf")
+    payload = load_payload(args.src, args.tokenizer, require_tokenizer=not args.vision_only)
+    payload = at_image_size(payload, args.image_size, "transformers", args.src)
     if args.to == "hf":
-        to_hf(payload, args.dst)
+        to_hf(payload, args.dst, vision_only=args.vision_only)
     else:
         keep = ("format", "version", "model_config", "state_dict", "tokenizer", "preprocess", "partial")
         atomic_save({k: payload[k] for k in keep if k in payload}, args.dst)  # no optimizer state
