@@ -40,6 +40,7 @@ from siglip.data import load_image
 from siglip.interop.detect import load_payload
 from siglip.model import SigLIP, l2_normalize
 from siglip.naflex import NaFlexPatches, stack_images
+from siglip.onnx_model import OnnxTowers, is_onnx_export
 from siglip.resolution import at_image_size
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import checkpoint_transform
@@ -333,6 +334,13 @@ def load(
     `image_size`: run a fixed-resolution model at this size (a multiple of the patch): its position
     grid resized as transformers' `interpolate_pos_encoding` does (`siglip.resolution`); the model's
     config and preprocessing then say the new size, and so does a model saved from it."""
+    if is_onnx_export(path):  # a folder of `siglip convert --to onnx`: onnxruntime runs it
+        if image_size or tokenizer or dtype:
+            raise ValueError(
+                f"{path}: an ONNX export has its own size, tokenizer and precision (export again to change)"
+            )
+        towers = OnnxTowers(path, device)
+        return Model(towers, towers.preprocess(), towers.tokenizer(), str(path), towers.fingerprint())
     payload = at_image_size(load_payload(path, tokenizer, require_tokenizer=False), image_size, "transformers", path)
     if payload.get("partial"):
         raise ValueError(
