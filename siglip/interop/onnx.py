@@ -17,6 +17,7 @@ towers in float16 (for GPUs; inputs and outputs stay float32). `siglip.load` run
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -120,6 +121,8 @@ def export_graph(module: nn.Module, inputs: dict[str, Tensor], path: Path, dynam
     """torch.onnx's exporter (torch.export underneath), batch (and NaFlex's P) dynamic, weights inside
     the .onnx file unless they pass protobuf's 2 GB."""
     require("onnxscript")
+    for name in ("onnx_ir", "onnxscript"):  # their graph passes log every rewrite at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     torch.onnx.export(
         module.eval(),
