@@ -143,8 +143,12 @@ def quantize_int8(path: Path) -> None:
     quant = require("onnxruntime.quantization")
     tmp = path.with_name(path.stem + ".fp32.onnx")
     path.rename(tmp)
-    quant.quantize_dynamic(tmp, path, weight_type=quant.QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                           per_channel=True)  # fmt: skip
+    logging.disable(logging.INFO)  # the quantizer logs each node it skips to the root logger
+    try:
+        int8 = quant.QuantType.QInt8
+        quant.quantize_dynamic(tmp, path, weight_type=int8, op_types_to_quantize=["MatMul"], per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
     tmp.unlink()
     for extra in tmp.parent.glob(tmp.name + ".data"):
         extra.unlink()
