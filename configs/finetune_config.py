@@ -10,7 +10,7 @@ checkpoint; t' and b start from its values.
 --pretrained-path takes our .pt, a Hugging Face folder, an open_clip checkpoint or a big_vision .npz
 (--config.train.pretrained_tokenizer=spiece.model when no SentencePiece model lies beside it).
 SigLiT (frozen image tower, text tower trained): --config.optim.image_lr_mult=0.
-Another resolution: --config.train.finetune_image_size=384 (position embeddings resized bilinearly).
+Another resolution: --config.model.image_size=384 (position embeddings resized as big_vision does).
 """
 
 from pathlib import Path

@@ -28,6 +28,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -41,6 +42,8 @@ from siglip.data import load_image
 from siglip.interop.detect import load_payload
 from siglip.model import SigLIP, empty_model, l2_normalize
 from siglip.naflex import NaFlexPatches, stack_images
+from siglip.onnx_model import OnnxTowers, is_onnx_export
+from siglip.resolution import at_image_size
 from siglip.tokenizer import Tokenizer
 from siglip.transforms import checkpoint_transform
 
@@ -49,6 +52,15 @@ ImageLike = Image.Image | str | os.PathLike
 Images = ImageLike | Sequence[ImageLike] | Tensor | NaFlexPatches
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class ImageFeatures(NamedTuple):
+    """What `Model.image_features` returns. `tokens`: (n, P, width) patch tokens, or (n, width) with
+    `pooled=True`; `mask`: (n, P) bool, True for each image's real patches (all True at a fixed
+    resolution; a NaFlex batch's padding tokens are False, and their values mean nothing)."""
+
+    tokens: Tensor
+    mask: Tensor
 
 
 class TokenizerMissing(RuntimeError):
@@ -182,6 +194,54 @@ class Model:
         z = inference.encode_image(self.model, inputs.to(self.device, self.dtype, non_blocking=True))
         return l2_normalize(z.float())
 
+    def _image_inputs(self, images: Images) -> Tensor | NaFlexPatches:
+        """Any `Images` -> one batch of model inputs on the model's device and in its dtype."""
+        if isinstance(images, NaFlexPatches) and images.patches.dim() == 2:  # one preprocessed NaFlex image
+            images = NaFlexPatches.stack([images])
+        elif isinstance(images, Tensor) and images.dim() == 3:
+            images = images[None]
+        elif isinstance(images, (Image.Image, str, os.PathLike)):
+            images = self.prepare([images])
+        elif not isinstance(images, (Tensor, NaFlexPatches)):
+            images = self.prepare(images)
+        return images.to(self.device, self.dtype)
+
+    def image_features(
+        self, images: Images, layer: int = -1, pooled: bool = False, post_norm: bool = False
+    ) -> ImageFeatures:
+        """The image tower's features, for a VLM or a dense task: `(tokens, mask)` (`ImageFeatures`).
+
+        `layer` counts as transformers' `hidden_states` do: 0 is the patch embeddings plus positions,
+        k the output of block k, -1 the last block's output BEFORE the final LayerNorm, -2 the one
+        before it (LLaVA's `vision_feature_layer=-2`). `post_norm=True` (layer -1 only) applies the
+        final LayerNorm: transformers' `last_hidden_state`. `pooled=True` (layer -1 only) gives the
+        MAP head's (n, width) vector (transformers' `pooler_output`; SigLIP has no image projection,
+        so this is the image embedding before L2 normalisation). `images`: as `embed_images` takes
+        them, as one batch. Runs the module itself, with autograd where the caller has it on."""
+        tower = self.model.image
+        depth = len(tower.encoder.blocks)
+        if not -(depth + 1) <= layer <= depth:
+            raise ValueError(
+                f"layer {layer} out of range: the image tower has {depth} blocks (layers -{depth + 1}..{depth})"
+            )
+        index = layer % (depth + 1)
+        if (pooled or post_norm) and index != depth:
+            raise ValueError(
+                f"pooled / post_norm take the last block's output (layer -1 or {depth}), not layer {layer}"
+            )
+        inputs = self._image_inputs(images)
+        pixels, mask, shapes = inputs if isinstance(inputs, NaFlexPatches) else (inputs, None, None)
+        keep = None if mask is None else mask.bool()
+        x = tower.embed(pixels, keep, shapes)  # (n, P, width)
+        h = tower.encoder.hidden_states(x, keep, upto=index)[-1]
+        if pooled or post_norm:
+            h = tower.encoder.norm(h)
+        if pooled:
+            h = tower.head(h, keep)
+        return ImageFeatures(
+            h, keep if keep is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        )
+
     # ---------------------------------------------------------------------------------------------
 
     def embed_images(self, images: Images, batch_size: int = 64, progress: bool = False) -> Tensor:
@@ -253,13 +313,24 @@ def load(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     tokenizer: str | Path | None = None,
+    image_size: int = 0,
 ) -> Model:
     """A `Model` in eval mode on `device` ("auto": CUDA when there is one), weights in `dtype`
     (None: as stored; "float16" / "bfloat16" for speed on a GPU). `path`: our model file, a Hugging
     Face SigLIP folder or weights file, an open_clip SigLIP checkpoint or a big_vision .npz (detected
     from the content), or a Hub id of one (`google/siglip-base-patch16-224`, `org/name@revision`,
-    `hf-hub:timm/ViT-B-16-SigLIP`: the cache first, else a download; `siglip.interop.hub`); `tokenizer`: a SentencePiece model, for weights without one beside them."""
-    payload = load_payload(path, tokenizer, require_tokenizer=False)
+    `hf-hub:timm/ViT-B-16-SigLIP`: the cache first, else a download; `siglip.interop.hub`), or a folder of `siglip convert --to onnx` (run by onnxruntime);
+    `tokenizer`: a SentencePiece model, for weights without one beside them. `image_size`: run a fixed-resolution model at this size (a multiple of the patch): its position
+    grid resized as transformers' `interpolate_pos_encoding` does (`siglip.resolution`); the model's
+    config and preprocessing then say the new size, and so does a model saved from it."""
+    if is_onnx_export(path):  # a folder of `siglip convert --to onnx`: onnxruntime runs it
+        if image_size or tokenizer or dtype:
+            raise ValueError(
+                f"{path}: an ONNX export has its own size, tokenizer and precision (export again to change)"
+            )
+        towers = OnnxTowers(path, device)
+        return Model(towers, towers.preprocess(), towers.tokenizer(), str(path), towers.fingerprint())
+    payload = at_image_size(load_payload(path, tokenizer, require_tokenizer=False), image_size, "transformers", path)
     if payload.get("partial"):
         raise ValueError(
             f"{path}: only the {payload['partial']} tower; a usable model needs both (fine-tune from it instead)"

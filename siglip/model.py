@@ -130,6 +130,14 @@ class Encoder(nn.Module):
                 x = block(x, mask)
         return self.norm(x)
 
+    def hidden_states(self, x: Tensor, mask: Tensor | None = None, upto: int | None = None) -> list[Tensor]:
+        """transformers' `hidden_states`: [x, after block 1, ..., after block `upto` (None: all)],
+        each (n, l, d), none through the final LayerNorm (`self.norm` of the last is `forward`'s)."""
+        out = [x]
+        for block in self.blocks[: len(self.blocks) if upto is None else upto]:
+            out.append(block(out[-1], mask))
+        return out
+
 
 class MAPHead(nn.Module):
     """Multi-head attention pooling: one learned probe attends over the tokens, then
@@ -167,13 +175,11 @@ class ImageTower(nn.Module):
         self.encoder = Encoder(cfg.image, cfg.gelu, cfg.dropout)
         self.head = MAPHead(cfg.image, cfg.gelu)
 
-    def forward_features(
-        self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None
-    ) -> Tensor:
-        """(n, 3, S, S) -> tokens (n, grid*grid, width) after the final LayerNorm. NaFlex: (n, P, p*p*3)
-        patches with their mask and spatial shapes -> (n, P, width), padding tokens included."""
+    def embed(self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
+        """The encoder's input, patch embeddings + positions: (n, 3, S, S) -> (n, grid*grid, width).
+        NaFlex: (n, P, p*p*3) patches with their mask and spatial shapes -> (n, P, width)."""
         if self.naflex:
-            return self.forward_naflex(pixels, mask, spatial_shapes)
+            return self.embed_naflex(pixels, mask, spatial_shapes)
         if mask is not None or spatial_shapes is not None:
             raise ValueError("a patch mask / spatial shapes were given to a fixed-resolution image tower")
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (n, patches, width)
@@ -182,16 +188,24 @@ class ImageTower(nn.Module):
                 f"image of {tuple(pixels.shape[-2:])} px gives {x.shape[1]} patches, the model has "
                 f"{self.pos_embed.shape[1]} position embeddings ({self.grid}x{self.grid} of {self.patch_size} px)"
             )
-        return self.encoder(x + self.pos_embed)
+        return x + self.pos_embed
 
-    def forward_naflex(self, patches: Tensor, mask: Tensor | None, spatial_shapes: Tensor | None) -> Tensor:
+    def embed_naflex(self, patches: Tensor, mask: Tensor | None, spatial_shapes: Tensor | None) -> Tensor:
         if patches.ndim != 3 or mask is None or spatial_shapes is None:
             raise ValueError(
                 f"a NaFlex image tower takes patches (n, P, {self.patch_embed.in_features}) with their mask and "
                 f"spatial shapes (siglip.transforms.naflex_transform), got a {tuple(patches.shape)} tensor"
             )
         pos = resize_positions(self.pos_embed[0], self.grid, spatial_shapes, patches.shape[1])  # (n, P, width)
-        return self.encoder(self.patch_embed(patches) + pos, mask.bool())
+        return self.patch_embed(patches) + pos
+
+    def forward_features(
+        self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None
+    ) -> Tensor:
+        """(n, 3, S, S) -> tokens (n, grid*grid, width) after the final LayerNorm. NaFlex: (n, P, p*p*3)
+        patches with their mask and spatial shapes -> (n, P, width), padding tokens included."""
+        x = self.embed(pixels, mask, spatial_shapes)
+        return self.encoder(x, None if mask is None else mask.bool())
 
     def forward(self, pixels: Tensor, mask: Tensor | None = None, spatial_shapes: Tensor | None = None) -> Tensor:
         tokens = self.forward_features(pixels, mask, spatial_shapes)
@@ -218,20 +232,6 @@ class TextTower(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.head(self.forward_features(ids)[:, -1])
-
-
-def resize_pos_embed(pos: Tensor, grid: int) -> Tensor:
-    """(1, g*g, d) position embeddings -> (1, grid*grid, d), resized as a 2-D image (bilinear, as
-    big_vision does for fine-tuning at another resolution). Used when loading, never in forward."""
-    n, d = pos.shape[1], pos.shape[2]
-    g = math.isqrt(n)
-    if g * g != n:
-        raise ValueError(f"{n} position embeddings are not a square grid")
-    if g == grid:
-        return pos
-    img = pos.reshape(1, g, g, d).permute(0, 3, 1, 2)  # (1, d, g, g)
-    img = F.interpolate(img.float(), size=(grid, grid), mode="bilinear", align_corners=False, antialias=grid < g)
-    return img.permute(0, 2, 3, 1).reshape(1, grid * grid, d).to(pos.dtype)
 
 
 def l2_normalize(x: Tensor) -> Tensor:

@@ -108,7 +108,7 @@ def test_resize_pos_embed_at_other_resolution(tmp_path):
     """Fine-tuning at 2x the resolution: a constant embedding stays constant, a linear ramp stays a
     ramp, and the resized model runs at the new size."""
     from siglip.interop import load_pretrained
-    from siglip.model import resize_pos_embed
+    from siglip.resolution import resize_pos_embed
 
     ramp = torch.arange(4.0).repeat(4).reshape(1, 16, 1)  # x coordinate of a 4x4 grid
     out = resize_pos_embed(ramp, 8).reshape(8, 8)

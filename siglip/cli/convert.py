@@ -1,8 +1,12 @@
-"""siglip convert SRC DST --to {siglip,hf} [--tokenizer FILE]: the checkpoint converter.
+"""siglip convert SRC DST --to {siglip,hf,onnx} [--tokenizer FILE] [--vision-only] [--image-size S]
+[--quantize int8] [--fp16]: the checkpoint converter.
 
 siglip convert /models/siglip-base-patch16-224 siglip_b16.pt --to siglip
 siglip convert ./checkpoints/siglip_finetune.pt ./export --to hf
 siglip convert hf-hub:timm/ViT-B-16-SigLIP siglip_b16.pt --to siglip     # a Hub id (the hub extra)
+siglip convert siglip_b16.pt ./vision --to hf --vision-only     # SiglipVisionModel, for a VLM
+siglip convert siglip_b16.pt siglip_b16_384.pt --to siglip --image-size 384
+siglip convert siglip_b16.pt ./b16_onnx --to onnx --quantize int8      # for onnxruntime (docs/onnx.md)
 """
 
 from __future__ import annotations

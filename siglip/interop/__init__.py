@@ -6,7 +6,8 @@ big_vision .npz (`big_vision.py`), and the SigLIP 2 facts they share (`siglip2.p
 kind, open_clip's GELU per tower); key maps are data (`rules.py`) read in both directions; files are read
 without running pickled code (`tensors.py`); `detect.py` tells the formats apart by content, after
 `hub.py` has turned a Hugging Face Hub id into a local path (the cache, else a download).
-`python -m siglip.interop SRC DST --to {siglip,hf}` converts (`python -m siglip.convert` too).
+`onnx.py` writes an ONNX folder for onnxruntime (out only; `siglip.onnx_model` runs it).
+`python -m siglip.interop SRC DST --to {siglip,hf,onnx}` converts (`python -m siglip.convert` too).
 """
 
 from siglip.interop.detect import load_into, load_payload, load_pretrained

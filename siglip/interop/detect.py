@@ -13,7 +13,8 @@ from siglip.interop.hf import read_hf
 from siglip.interop.hub import resolve_model
 from siglip.interop.open_clip import read_open_clip
 from siglip.interop.tensors import is_npz, read_tensors
-from siglip.model import SigLIP, resize_pos_embed
+from siglip.model import SigLIP
+from siglip.resolution import at_image_size
 
 
 def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
@@ -53,23 +54,10 @@ def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_
 
 
 def load_pretrained(path: str | Path, tokenizer: str | Path | None = None, image_size: int = 0) -> Payload:
-    """`load_payload`, then position embeddings resized (bilinear) when fine-tuning at another
-    resolution: `image_size` > 0 and != the checkpoint's. t' and b come with the state dict."""
-    payload = load_payload(path, tokenizer)
-    cfg = payload["model_config"]
-    if image_size and cfg.get("naflex"):
-        raise ValueError(
-            f"{path}: a NaFlex model takes images at any size; set data.max_num_patches, not an image size"
-        )
-    if image_size and image_size != cfg["image_size"] and "image.pos_embed" in payload["state_dict"]:
-        if image_size % cfg["patch_size"]:
-            raise ValueError(
-                f"finetune image size {image_size} is not a multiple of the patch size {cfg['patch_size']}"
-            )
-        sd = payload["state_dict"]
-        sd["image.pos_embed"] = resize_pos_embed(sd["image.pos_embed"], image_size // cfg["patch_size"])
-        cfg["image_size"] = payload["preprocess"]["image_size"] = image_size
-    return payload
+    """`load_payload`, then, to fine-tune at another resolution (`image_size` > 0 and != the
+    checkpoint's), the position embeddings resized as big_vision's `resample_posemb` does
+    (`siglip.resolution`). t' and b come with the state dict."""
+    return at_image_size(load_payload(path, tokenizer), image_size, "big_vision", path)
 
 
 def load_into(model: SigLIP, payload: Payload, where: str | Path) -> None:

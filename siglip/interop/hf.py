@@ -350,17 +350,34 @@ def hf_preprocessor_json(cfg: ModelConfig, preprocess: dict) -> dict:
     }
 
 
-def to_hf(payload: Payload, dst: str | Path) -> None:
+def hf_vision_state(payload: Payload) -> tuple[ModelConfig, dict[str, Tensor], dict]:
+    """Our payload's image tower -> (config, SiglipVisionModel / Siglip2VisionModel state dict and config.json)."""
+    if payload.get("partial") == "text":
+        raise ValueError("a standalone text tower has no image tower to export")
+    cfg = model_config_from_dict(payload["model_config"])
+    ours = {k: v for k, v in payload["state_dict"].items() if k.startswith("image.")}
+    vision = hf_config_json(cfg)["vision_config"]
+    arch = "Siglip2VisionModel" if cfg.naflex else "SiglipVisionModel"
+    return cfg, unapply_rules(hf_rules(cfg, ("image",)), ours, _hf_shape), {"architectures": [arch], **vision}
+
+
+def to_hf(payload: Payload, dst: str | Path, vision_only: bool = False) -> None:
     """Write config.json, model.safetensors, the tokenizer files and processor config that
-    `SiglipModel`/`Siglip2Model.from_pretrained` and `AutoProcessor.from_pretrained` read."""
+    `SiglipModel`/`Siglip2Model.from_pretrained` and `AutoProcessor.from_pretrained` read; with
+    `vision_only`, the image tower alone as `SiglipVisionModel`/`Siglip2VisionModel` reads it (no
+    text weights, no tokenizer), for a VLM built on it."""
     from safetensors.torch import save_file
 
-    cfg, theirs = hf_state(payload)
+    if vision_only:
+        cfg, theirs, config_json = hf_vision_state(payload)
+    else:
+        cfg, theirs = hf_state(payload)
+        config_json = hf_config_json(cfg)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     save_file(theirs, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    (dst / "config.json").write_text(json.dumps(hf_config_json(cfg), indent=2))
-    for name, data in hf_tokenizer_files(tokenizer_from_payload(payload)).items():
+    (dst / "config.json").write_text(json.dumps(config_json, indent=2))
+    for name, data in {} if vision_only else hf_tokenizer_files(tokenizer_from_payload(payload)).items():
         (dst / name).write_bytes(data)
     pre = hf_preprocessor_json(cfg, payload["preprocess"])
     (dst / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))

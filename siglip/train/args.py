@@ -70,7 +70,23 @@ def parse_train_args(argv: list[str]) -> RunArgs:
     if args.steps is not None and args.epochs is None:
         cfg.train.epochs = 0  # an explicit --steps sets the run length
     apply_overrides(cfg, overrides)
+    if any(o.partition("=")[0].strip() == "model.image_size" for o in overrides):
+        resolution_from_command_line(cfg)
     return RunArgs(validate(cfg), Path(args.config), args.resume)
+
+
+def resolution_from_command_line(cfg: Config) -> None:
+    """`--config.model.image_size=S` with a pretrained model: fine-tune at S px (the checkpoint's
+    architecture replaces the config's model, so the size goes where it survives that:
+    train.finetune_image_size, whose position embeddings are resized as big_vision does)."""
+    tc, size = cfg.train, cfg.model.image_size
+    if not tc.pretrained_path:
+        return
+    if tc.finetune_image_size and tc.finetune_image_size != size:
+        raise ValueError(
+            f"--config.model.image_size={size} and train.finetune_image_size={tc.finetune_image_size} disagree"
+        )
+    tc.finetune_image_size = size
 
 
 def run_name(config_path: str | Path) -> str:
