@@ -21,6 +21,11 @@ import logging
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+# After a 408 the connection is shut for writing and read (and dropped) for this long before it is
+# closed: closing a socket with unread input sends a reset, and a client's TCP stack that gets a reset
+# throws away the answer it has not read yet (the classic reason HTTP servers close lingering).
+LINGER_S = 2.0
+
 log = logging.getLogger("siglip.serve")
 
 
@@ -29,12 +34,15 @@ class HeaderDeadline(H11Protocol):
 
     header_timeout: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+    _lingering: bool = False  # a 408 was sent: what the client still sends is read and dropped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         super().data_received(data)
         self._follow()
 
@@ -83,6 +91,11 @@ class HeaderDeadline(H11Protocol):
                 f"content-length: {len(body)}\r\n\r\n"
             )
             self.transport.write(head.encode() + body)
+            if self.transport.can_write_eof():  # a lingering close: the answer, a FIN, then LINGER_S of reading
+                self._lingering = True
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+                return
         self.transport.close()
 
 
