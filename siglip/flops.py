@@ -162,14 +162,19 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, given: float = 0.0, fr
     now = round(measure_matmul_tflops(device, dtype), 4)
     best = max(now, entry["tflops"]) if entry and fresh else now  # an expired entry is replaced
     cached[key] = {"tflops": best, "measured": time.time(), "last": now}
-    try:  # a read-only home only loses the cache
+    write_cache(path, cached)
+    return now if fresh else best
+
+
+def write_cache(path: Path, cached: dict) -> None:
+    """A cache file (JSON) replaced whole by a rename; a read-only home only loses the cache."""
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(cached, indent=1))
         tmp.replace(path)
     except OSError:
         pass
-    return now if fresh else best
 
 
 def mfu(flops_per_step: float, steps_per_s: float, peak: float) -> float:

@@ -76,14 +76,7 @@ def _read_cache() -> dict:
 def _write_cache(key: str, entry: dict) -> None:
     cached = _read_cache()
     cached[key] = entry
-    path = cache_file()
-    try:  # a read-only home only loses the cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cached, indent=1))
-        tmp.replace(path)
-    except OSError:
-        pass
+    flops.write_cache(cache_file(), cached)
 
 
 def time_paths(module: Callable[[], Tensor], packed: Callable[[], Tensor], calls: int = CALLS) -> tuple[float, float]:
