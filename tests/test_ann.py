@@ -22,7 +22,8 @@ from siglip.cli import main
 from siglip.index.ann_plan import Plan, choose, estimate_bytes, parse_size
 from siglip.index.ann_update import follow_append
 from siglip.index.search import topk_file
-from siglip.index.store import FORMAT, VERSION, atomic_npy, consolidate, read_meta, write_meta, write_part
+from siglip.index.store import consolidate, read_meta, write_part
+from tests.index_helpers import make_index
 from tests.test_cli import embed, save_tiny, world  # noqa: F401 - the fixture
 
 N, D = 24_000, 64
@@ -37,22 +38,6 @@ def clustered(n: int, d: int, seed: int = 0, clusters: int = 48) -> np.ndarray:
     a, b, w = rng.integers(clusters, size=n), rng.integers(clusters, size=n), rng.uniform(size=(n, 1))
     x = w * c[a] + (1 - w) * c[b] + 0.6 * rng.standard_normal((n, d)) / np.sqrt(d)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def make_index(path, rows: np.ndarray, gen: int = 1):
-    """An index folder as `siglip embed` writes it, holding `rows` (stored float16)."""
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_npy(path / f"embeddings-{gen}.npy", rows.astype(np.float16))
-    lines = [json.dumps({"path": f"img{i}.jpg", "id": f"img{i}.jpg"}) + "\n" for i in range(len(rows))]
-    (path / f"items-{gen}.jsonl").write_text("".join(lines))
-    atomic_npy(path / f"items-{gen}.offsets.npy", np.cumsum([0] + [len(s) for s in lines[:-1]]).astype(np.int64))
-    meta = {
-        "format": FORMAT, "version": VERSION, "kind": "image", "model": "/gone.pt", "fingerprint": "f0",
-        "dim": rows.shape[1], "dtype": "float16", "count": len(rows), "generation": gen, "skipped": [],
-        "embeddings": f"embeddings-{gen}.npy", "items": f"items-{gen}.jsonl", "offsets": f"items-{gen}.offsets.npy",
-    }  # fmt: skip
-    write_meta(path, meta)
-    return path
 
 
 def brute(rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("siglip.cli.score", "the probability sigmoid(t * cos + b) of image-text pairs"),
     "convert": ("siglip.cli.convert", "convert a checkpoint (same as python -m siglip.convert)"),
     "serve": ("siglip.cli.serve", "serve a model and its indexes over HTTP (OpenAI, clip-retrieval, a search page)"),
+    "export": ("siglip.cli.export", "hand an index to clip-retrieval folders or vector databases (Milvus, ...)"),
     "report": ("siglip.cli.report", "one HTML page of training runs: curves, configs, evaluation details"),
 }
 

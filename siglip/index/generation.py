@@ -163,8 +163,8 @@ class Generation:
         self._rows_file = open(path / meta["embeddings"], "rb", buffering=0)  # noqa: SIM115 - held open
         self._layout = npy_layout(self._rows_file)
         self.rows: np.ndarray = map_rows(self._rows_file)  # (count, dim)
-        self._items = open(path / meta["items"], "rb", buffering=0) if meta.get("items") else None  # noqa: SIM115
-        self._items_size = os.fstat(self._items.fileno()).st_size if self._items else 0
+        self.items_file = open(path / meta["items"], "rb", buffering=0) if meta.get("items") else None  # noqa: SIM115
+        self._items_size = os.fstat(self.items_file.fileno()).st_size if self.items_file else 0
         self.offsets = np.zeros(0, np.int64)  # byte offset of each items line
         if meta.get("offsets"):
             with open(path / meta["offsets"], "rb", buffering=0) as f:
@@ -185,11 +185,11 @@ class Generation:
         """The items.jsonl objects of `rows` (any order), read by byte offset from the open file."""
         out = []
         for r in rows:
-            if not 0 <= int(r) < self.count or self._items is None:
+            if not 0 <= int(r) < self.count or self.items_file is None:
                 raise IndexError(f"{self.path}: row {r} out of range (generation {self.tag} has {self.count} rows)")
             start = int(self.offsets[r])
             end = int(self.offsets[r + 1]) if r + 1 < len(self.offsets) else self._items_size
-            out.append(json.loads(os.pread(self._items.fileno(), end - start, start)))
+            out.append(json.loads(os.pread(self.items_file.fileno(), end - start, start)))
         return out
 
     def search(
