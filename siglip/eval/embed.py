@@ -73,9 +73,14 @@ def embed_images(
     num_workers: int = 2,
     bf16: bool = False,
     progress: bool = False,
+    encode: Callable[[SigLIP, Tensor], Tensor] | None = None,
+    dim: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(n, d) float32 unit rows on the CPU, and an (n,) bool mask of the images that could be read
-    (the others are zero rows). The model should be in eval mode."""
+    (the others are zero rows). The model should be in eval mode. `encode(model, pixels)` and its
+    width `dim` replace the embedding (default: `encode_image`, `out_dim`), e.g. with the MAP head's
+    output for a linear probe."""
+    encode = encode or inference.encode_image
     device = next(model.parameters()).device
     loader = DataLoader(
         ImageDataset(images, transform),
@@ -84,13 +89,13 @@ def embed_images(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    emb = torch.zeros(len(images), model.config.out_dim)
+    emb = torch.zeros(len(images), dim or model.config.out_dim)
     ok = torch.zeros(len(images), dtype=torch.bool)
     for pixels, index in tqdm(loader, desc="images", unit="batch", disable=not progress, leave=False):
         if pixels is None:
             continue
         with autocast(device, bf16):
-            z = inference.encode_image(model, pixels.to(device, non_blocking=True))
+            z = encode(model, pixels.to(device, non_blocking=True))
         emb[index] = z.float().cpu()
         ok[index] = True
     inference.forget(model)  # the packed copy (siglip.inference) is for this pass only

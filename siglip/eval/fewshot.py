@@ -31,11 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from siglip import inference
-from siglip.eval.embed import ImageDataset, _collate, autocast
+from siglip.eval.embed import embed_images
 from siglip.eval.sets import ClassificationSet
 from siglip.naflex import NaFlexPatches
 
@@ -54,7 +52,6 @@ def pre_logits(model: torch.nn.Module, pixels: Tensor | NaFlexPatches) -> Tensor
     return tower(pixels)
 
 
-@torch.inference_mode()
 def image_features(
     model: torch.nn.Module,
     images: Sequence[str] | np.ndarray,
@@ -67,20 +64,8 @@ def image_features(
     """(n, width) float32 `pre_logits` on the CPU and the (n,) bool mask of readable images (the
     others are zero rows). The model should be in eval mode."""
     inner = inference._unwrap(model)
-    device = next(inner.parameters()).device
-    loader = DataLoader(
-        ImageDataset(images, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
-    )
-    feats = torch.zeros(len(images), inner.config.image.width)
-    ok = torch.zeros(len(images), dtype=torch.bool)
-    for pixels, index in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
-        if pixels is None:
-            continue
-        with autocast(device, bf16):
-            feats[index] = pre_logits(inner, pixels.to(device)).float().cpu()
-        ok[index] = True
-    inference.forget(inner)
-    return feats, ok
+    width = inner.config.image.width
+    return embed_images(inner, images, transform, batch_size, num_workers, bf16, progress, pre_logits, width)
 
 
 def draw_shots(labels: np.ndarray, num_classes: int, shots: Sequence[int], seed: int) -> dict[int, np.ndarray]:

@@ -10,6 +10,7 @@ files from both tools can be tabled together.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 # Our dataset names -> CLIP_benchmark's.
@@ -73,7 +74,12 @@ def eval_arguments(description: str, datasets: tuple[str, ...] | list[str], data
     parser.add_argument("--data-path", required=True, help=data_help)
     parser.add_argument("--split", default="", help=split_help)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=4, help="processes that decode and resize images")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
+        help="processes that decode and resize images (default: 4, at most the CPUs this process may use)",
+    )
     parser.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the towers")
     parser.add_argument("--output", default="", help="write the results here as JSON (CLIP_benchmark's layout)")
