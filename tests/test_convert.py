@@ -85,6 +85,26 @@ def test_hf_parity(tmp_path, hidden_act):
     assert model.preprocess.transforms[1].interpolation.value == "bilinear"  # from preprocessor_config.json
 
 
+def test_hf_sharded_checkpoint(tmp_path):
+    """A folder that transformers' save_pretrained split into shards (model.safetensors.index.json +
+    model-0000i-of-0000n.safetensors) loads as the single-file one; a missing shard is named. Before:
+    'folder with no checkpoint this toolkit knows'."""
+    hf, folder = make_hf(tmp_path)
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 2 and not (sharded / "model.safetensors").exists()
+    for name in ("spiece.model", "preprocessor_config.json"):
+        (sharded / name).write_bytes((folder / name).read_bytes())
+    one, split = siglip.load(folder), siglip.load(sharded)
+    pixels = torch.rand(2, 3, 56, 56) * 2 - 1
+    torch.testing.assert_close(split.embed_images(pixels), one.embed_images(pixels), atol=0, rtol=0)
+    torch.testing.assert_close(split.embed_texts(TEXTS[:2]), one.embed_texts(TEXTS[:2]), atol=0, rtol=0)
+    shard = sorted(sharded.glob("model-*-of-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=f"shard {shard.name} is missing"):
+        siglip.load(sharded)
+
+
 def test_hf_tokenizer_parity(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("google.protobuf", reason="transformers' SiglipTokenizer needs protobuf")

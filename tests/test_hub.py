@@ -246,6 +246,9 @@ def test_spellings_and_file_choice():
     assert needed_files(["config.json", "model.safetensors", "tokenizer.json"], "x").files[-1] == "tokenizer.json"
     oc = needed_files(["open_clip_pytorch_model.bin", "config.json", "model.safetensors"], "x")
     assert oc.files == ("open_clip_pytorch_model.bin",) and not oc.has_tokenizer
+    shards = ["model.safetensors.index.json", "model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors"]
+    split = needed_files(["config.json", *shards, "pytorch_model-00001-of-00002.bin", "spiece.model"], "x")
+    assert split.files == ("config.json", shards[0], shards[2], shards[1], "spiece.model")  # the index, then shards
     with pytest.raises(HubError, match="2 model files of ours"):
         needed_files(["a.pt", "b.pt"], "x")
     with pytest.raises(HubError, match="no model files siglip reads"):

@@ -12,7 +12,7 @@ from siglip.interop.big_vision import read_big_vision
 from siglip.interop.hf import read_hf
 from siglip.interop.hub import resolve_model
 from siglip.interop.open_clip import read_open_clip
-from siglip.interop.tensors import is_npz, read_tensors
+from siglip.interop.tensors import SHARD_INDEXES, is_npz, read_tensors
 from siglip.model import SigLIP
 from siglip.resolution import at_image_size
 
@@ -27,15 +27,15 @@ def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         if (path / "config.json").is_file() and any(
-            (path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")
+            (path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin", *SHARD_INDEXES)
         ):
             return read_hf(path, tokenizer, require_tokenizer)
         for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
             if (path / name).is_file():
                 return load_payload(path / name, tokenizer, require_tokenizer)
         raise ValueError(
-            f"{path}: folder with no checkpoint this toolkit knows (looked for config.json + model.safetensors "
-            "or pytorch_model.bin, or open_clip_model.safetensors / open_clip_pytorch_model.bin)"
+            f"{path}: folder with no checkpoint this toolkit knows (looked for config.json + model.safetensors, "
+            "pytorch_model.bin or a shard index, or open_clip_model.safetensors / open_clip_pytorch_model.bin)"
         )
     if is_npz(path):
         return read_big_vision(path, tokenizer, require_tokenizer)

@@ -18,11 +18,13 @@ from siglip.interop.rules import Rule, apply_rules, torch_modules, unapply_rules
 from siglip.interop.siglip2 import hf_max_num_patches, tokenizer_kind
 from siglip.interop.tensors import (
     IGNORED,
+    SHARD_INDEXES,
     TokenizerFile,
     find_tokenizer,
     heads_for,
     make_payload,
     model_shapes,
+    read_sharded,
     read_tensors,
 )
 from siglip.tokenizer import TOKENIZER_JSON, Tokenizer
@@ -156,10 +158,14 @@ def _hf_resample(folder: Path, image_size: int, default: int = 3) -> str:
 
 
 def _hf_weights(folder: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    """The folder's weights: one file, or the index of a checkpoint split into shards."""
+    for name in ("model.safetensors", "pytorch_model.bin", *SHARD_INDEXES):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder}: Hugging Face folder without model.safetensors or pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{folder}: Hugging Face folder without model.safetensors, pytorch_model.bin or a shard index "
+        f"({', '.join(SHARD_INDEXES)})"
+    )
 
 
 def _add_tower_prefix(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], tuple[str, ...]]:
@@ -213,7 +219,8 @@ def read_hf(path: Path, tokenizer: str | Path | None = None, require_tokenizer: 
     """A SiglipModel folder, or a bare Hugging Face weights file (full model or one tower)."""
     folder = path if path.is_dir() else path.parent
     weights = _hf_weights(path) if path.is_dir() else path
-    state = {k: v for k, v in read_tensors(weights).items() if not IGNORED.search(k)}
+    tensors = read_sharded(weights) if weights.name in SHARD_INDEXES else read_tensors(weights)
+    state = {k: v for k, v in tensors.items() if not IGNORED.search(k)}
     state, towers = _add_tower_prefix(state)
     cfg_path = folder / "config.json"
     cfg_json = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None

@@ -29,6 +29,9 @@ _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt", ".mode
 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's own order
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # as siglip.interop.tensors reads them
+SAFETENSORS_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+BIN_SHARD = re.compile(r"pytorch_model-\d+-of-\d+\.bin")
 NAMED_TOKENIZERS = ("spiece.model", "tokenizer.model")
 SMALL_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
 
@@ -90,7 +93,7 @@ def needed_files(files: Iterable[str], where: str) -> Choice:
     if oc:
         extra = ["open_clip_config.json"] if "open_clip_config.json" in top else []
         return Choice(tuple(oc + extra + tok), oc[0], bool(tok))
-    hf = [n for n in HF_WEIGHTS if n in top][:1]
+    hf = [n for n in HF_WEIGHTS if n in top][:1] or _shards(top)
     if hf and "config.json" in top:
         return Choice(tuple(["config.json"] + hf + tok), "", bool(tok))
     for suffix, what in ((".pt", "model files of ours"), (".npz", "big_vision .npz files")):
@@ -105,6 +108,15 @@ def needed_files(files: Iterable[str], where: str) -> Choice:
         f"{where}: no model files siglip reads (looked for {' / '.join(OPEN_CLIP_WEIGHTS)}, config.json + "
         f"{' / '.join(HF_WEIGHTS)}, one *.pt or one *.npz at the top level); the repo has {sorted(top)[:10]}"
     )
+
+
+def _shards(top: set[str]) -> list[str]:
+    """A checkpoint split by transformers' save_pretrained: its index and every shard file of the kind the
+    index names (model-00001-of-00003.safetensors, ...); [] when the repo has none."""
+    for index, shard in ((SHARD_INDEXES[0], SAFETENSORS_SHARD), (SHARD_INDEXES[1], BIN_SHARD)):
+        if index in top:
+            return [index] + sorted(f for f in top if shard.fullmatch(f))
+    return []
 
 
 def _hub(ref: str):

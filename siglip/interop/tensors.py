@@ -150,3 +150,30 @@ def make_payload(
 
 def model_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in empty_model(cfg).state_dict().items()}
+
+
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def read_sharded(index_path: Path) -> dict[str, Tensor]:
+    """A Hugging Face checkpoint split over shard files: the index JSON's `weight_map` (tensor name ->
+    shard file, beside it) read shard by shard into one dict. A missing shard, a shard without the
+    tensors the index gives it, or a malformed index is a ValueError naming the file."""
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError("empty or not an object")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index_path}: not a shard index (a JSON object with a 'weight_map'): {e}") from None
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+            raise ValueError(f"{index_path}: shard {shard!r} is not a file name beside the index")
+        path = index_path.parent / shard
+        if not path.is_file():
+            raise FileNotFoundError(f"{index_path}: shard {shard} is missing (expected at {path})")
+        state.update(read_tensors(path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise ValueError(f"{index_path}: {len(missing)} tensors the index lists are in no shard ({missing[:3]}...)")
+    return state
