@@ -15,7 +15,6 @@ list file of folders: one JSON per set, in --output FOLDER or a name with {datas
 """
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -23,7 +22,7 @@ import siglip
 from siglip.eval.datasets import RETRIEVAL_DATASETS, retrieval_set
 from siglip.eval.results import benchmark_record, eval_arguments, format_table, output_file, write_results
 from siglip.eval.retrieval import evaluate_retrieval
-from siglip.eval.wds import dataset_type, wds_list
+from siglip.eval.wds import sets_to_run
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -37,11 +36,8 @@ args = parser.parse_args()
 
 device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 model = siglip.load(args.model_path, device=device)
-listed = args.dataset == "wds" and Path(args.data_path).is_file()  # a list of sets: one JSON each
-for name, path in wds_list(args.data_path) if args.dataset == "wds" else [(args.dataset, args.data_path)]:
-    if listed and dataset_type(path) != "retrieval":
-        print(f"{name}: a {dataset_type(path)} set, skipped (evaluation/zero_shot.py runs classification sets)")
-        continue
+sets, listed = sets_to_run(args.dataset, args.data_path, "retrieval")  # a wds list file: one JSON per set
+for name, path in sets:
     data = retrieval_set(args.dataset, path, args.split)
     print(f"{name}: {len(data.images)} images, {len(data.texts)} captions")
     metrics = evaluate_retrieval(

@@ -13,14 +13,13 @@ lists, one entry per line.
 """
 
 import logging
-from pathlib import Path
 
 import torch
 
 import siglip
 from siglip.eval.datasets import ZERO_SHOT_DATASETS, classification_set
 from siglip.eval.results import benchmark_record, eval_arguments, format_table, output_file, write_results
-from siglip.eval.wds import dataset_type, wds_list
+from siglip.eval.wds import sets_to_run
 from siglip.eval.zero_shot import evaluate_zero_shot
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -37,11 +36,8 @@ args = parser.parse_args()
 
 device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 model = siglip.load(args.model_path, device=device)
-listed = args.dataset == "wds" and Path(args.data_path).is_file()  # a list of sets: one JSON each
-for name, path in wds_list(args.data_path) if args.dataset == "wds" else [(args.dataset, args.data_path)]:
-    if listed and dataset_type(path) != "classification":
-        print(f"{name}: a {dataset_type(path)} set, skipped (evaluation/retrieval.py runs retrieval sets)")
-        continue
+sets, listed = sets_to_run(args.dataset, args.data_path, "classification")  # a wds list file: one JSON per set
+for name, path in sets:
     data = classification_set(args.dataset, path, args.split, args.classnames, args.templates)
     print(f"{name}: {len(data.labels)} images, {len(data.classnames)} classes, {len(data.templates)} templates")
     metrics = evaluate_zero_shot(

@@ -17,7 +17,7 @@ from siglip.eval.datasets import classification_set, retrieval_set
 from siglip.eval.evaluators import run_evals
 from siglip.eval.results import output_file
 from siglip.eval.retrieval import evaluate_retrieval
-from siglip.eval.wds import wds_list
+from siglip.eval.wds import sets_to_run, wds_list
 from siglip.eval.zero_shot import evaluate_zero_shot
 from siglip.model import SigLIP
 from siglip.tokenizer import Tokenizer
@@ -200,7 +200,7 @@ def test_bad_samples_skipped_counted_or_named(world, tmp_path, caplog):
         retrieval_set("wds", folder)
 
 
-def test_task_list_names_and_outputs(tmp_path):
+def test_task_list_names_and_outputs(tmp_path, capsys):
     a = write_classification(tmp_path / "wds_cars", n=10, shards=1)
     b = write_retrieval(tmp_path / "wds_vtab-flowers")
     (tmp_path / "sets.txt").write_text("# clip_benchmark's names and plain folders\nwds/cars\n\nwds_vtab-flowers\n")
@@ -213,3 +213,8 @@ def test_task_list_names_and_outputs(tmp_path):
     assert output_file("out", "wds/cars", "t", listed=True) == "out/wds_cars_t.json"
     assert output_file("x/{dataset}.json", "wds/cars", "t", listed=True) == "x/wds_cars.json"
     assert json.loads(json.dumps(str(classification_set("wds", a).images[0]))).endswith("0.tar::s0000")
+    assert sets_to_run("wds", str(tmp_path / "sets.txt"), "retrieval") == ([("wds/vtab-flowers", b)], True)
+    assert sets_to_run("wds", str(a), "retrieval") == ([("wds/cars", a)], False)  # a folder: run as asked
+    assert sets_to_run("cifar10", "/c", "classification") == ([("cifar10", "/c")], False)
+    out = capsys.readouterr().out
+    assert "wds/cars: a classification set, skipped (evaluation/zero_shot.py runs it)" in out

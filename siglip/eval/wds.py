@@ -216,3 +216,23 @@ def wds_list(path: str | Path) -> list[tuple[str, Path]]:
 def set_name(folder: Path) -> str:
     """`wds/<name>` as clip_benchmark names the set: the folder's name without its `wds_` prefix."""
     return "wds/" + folder.resolve().name.removeprefix("wds_")
+
+
+def sets_to_run(dataset: str, data_path: str, kind: str) -> tuple[list[tuple[str, str | Path]], bool]:
+    """What an evaluation script of `kind` ('classification' or 'retrieval') runs: ([(name, path)],
+    listed). For `--dataset wds` and a list file, every listed set of that kind (the others are
+    skipped with a line saying which script runs them) and `listed` is True (one JSON per set);
+    otherwise the one dataset."""
+    if dataset != "wds":
+        return [(dataset, data_path)], False
+    listed = Path(data_path).is_file()
+    script = {"classification": "evaluation/zero_shot.py", "retrieval": "evaluation/retrieval.py"}
+    chosen = []
+    for name, path in wds_list(data_path):
+        if listed and dataset_type(path) != kind:
+            print(
+                f"{name}: a {dataset_type(path)} set, skipped ({script.get(dataset_type(path), 'no script')} runs it)"
+            )
+            continue
+        chosen.append((name, path))
+    return chosen, listed
