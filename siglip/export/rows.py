@@ -65,7 +65,7 @@ def iter_batches(gen: Generation, batch_rows: int = 8192, start: int = 0) -> Ite
             items = [_parse(next(lines, None), gen, r) for r in range(first, last)]
             yield Batch(
                 ids=np.arange(first, last, dtype=np.int64),
-                embeddings=np.asarray(gen.rows[first:last], dtype=np.float32),
+                embeddings=gen.read_rows(first, last).astype(np.float32),  # read, not mapped: RSS stays flat
                 paths=[item_path(it) for it in items],
                 captions=[item_caption(it) for it in items],
             )
