@@ -106,8 +106,8 @@ KILLER = """
 import os, signal, sys
 import siglip.export.clip_retrieval as cr
 orig = cr.iter_batches
-def killing(gen, batch_rows, start=0):
-    for b in orig(gen, batch_rows, start):
+def killing(gen, batch_rows, start=0, **kw):
+    for b in orig(gen, batch_rows, start, **kw):
         if int(b.ids[0]) >= int(os.environ["KILL_AT_ROW"]):
             os.kill(os.getpid(), signal.SIGKILL)  # between two batches of a part: its files half written
         yield b
@@ -159,7 +159,9 @@ def _autofaiss_top10(dest: Path, queries: np.ndarray, index_key: str | None) -> 
     try:
         import autofaiss
     except ModuleNotFoundError:
-        pytest.fail("autofaiss is not installed: pip install --no-deps autofaiss embedding-reader fire (the Makefile's)")
+        pytest.fail(
+            "autofaiss is not installed: pip install --no-deps autofaiss embedding-reader fire (the Makefile's)"
+        )
     index, infos = autofaiss.build_index(
         embeddings=str(dest / "img_emb"), index_key=index_key, metric_type="ip", save_on_disk=False,
         max_index_memory_usage="1G", current_memory_available="2G", verbose=40,
@@ -198,3 +200,19 @@ def test_autofaiss_own_choice_recall_against_ours(exported):
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, our_ids)])
     print(f"autofaiss {infos['index_key']} ({infos['index_param']}): recall@10 {recall:.3f} against siglip --exact")
     assert recall >= 0.9
+
+
+def test_float32_rows_are_written_float16(tmp_path):
+    """An index stored in float32 (siglip embed --store-dtype float32) goes out as clip-retrieval's float16;
+    the stored dtype is what `iter_batches(dtype=None)` hands over."""
+    from siglip.export.rows import iter_batches, open_rows
+    from siglip.index.store import atomic_npy, read_meta, write_meta
+
+    rows = unit_rows(9, 8, seed=6)
+    index = make_index(tmp_path / "idx", rows)
+    atomic_npy(index / "embeddings-1.npy", rows)
+    write_meta(index, {**read_meta(index), "dtype": "float32"})
+    assert next(iter_batches(open_rows(index), 4, dtype=None)).embeddings.dtype == np.float32
+    _export(index, tmp_path / "out", "--part-rows", "4")
+    emb, parts, _ = _read_folder(tmp_path / "out")
+    assert all(p.dtype == np.float16 for p in parts) and np.array_equal(emb, rows.astype(np.float16))

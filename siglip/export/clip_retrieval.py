@@ -113,7 +113,7 @@ def _write_part(gen: Generation, first: int, last: int, npy: Path, parquet: Path
             np.lib.format.write_array_header_1_0(
                 f, {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": shape}
             )
-            for batch in iter_batches(gen, min(opts.batch_rows, last - first), first):
+            for batch in iter_batches(gen, min(opts.batch_rows, last - first), first, dtype=None):  # float16 stays
                 n = min(len(batch), last - int(batch.ids[0]))
                 f.write(np.ascontiguousarray(batch.embeddings[:n], dtype=DTYPE).tobytes())
                 cols = {"caption": batch.captions[:n]}
