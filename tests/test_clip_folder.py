@@ -120,10 +120,13 @@ def test_our_export_read_back_whole(tmp_path):
     assert siglip.index.open(resolve(tmp_path / "out")).meta["generation"] == 2  # the parts changed: imported again
 
 
-def test_new_parts_are_imported_and_odd_rows_normalised(tmp_path):
+def test_new_parts_are_imported_and_odd_rows_normalised(tmp_path, monkeypatch):
     folder = tmp_path / "emb"
     write_clip_folder(folder, [6, 4], 8, partitions=3)
     assert read_meta(resolve(folder))["count"] == 10
+    with monkeypatch.context() as m:  # up to date: known from names and stat, no part opened
+        m.setattr("siglip.index.clip_import.scan", lambda *a: pytest.fail("scanned an up-to-date folder"))
+        assert read_meta(resolve(folder))["generation"] == 1
     np.save(folder / "img_emb" / "img_emb_2.npy", np.full((3, 8), 2.0, np.float16))  # not unit length
     pq.write_table(pa.table({"image_path": ["a", "b", "c"]}), folder / "metadata" / "metadata_2.parquet")
     meta = read_meta(resolve(folder))

@@ -77,12 +77,27 @@ class Folder:
 
     def files(self) -> list[list]:
         """[name under root, size, mtime_ns] of every part file: what changes when the folder does."""
-        out = []
-        for p in self.parts:
-            for f in (p.npy, p.parquet):
-                st = f.stat()
-                out.append([f.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns])
-        return out
+        return _stamps(self.root, [f for p in self.parts for f in (p.npy, p.parquet)])
+
+
+def _stamps(root: Path, files: list[Path]) -> list[list]:
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def listing(root: str | Path, emb: str) -> list[list] | None:
+    """`Folder.files()` of the folder as it is now, from file names and stat alone (no file opened):
+    what tells an import still up to date cheaply. None where `scan` would find a problem to name."""
+    root = Path(root)
+    try:
+        npys = _numbered(root / emb, emb, ".npy")
+        pairs = [(npys[s], root / "metadata" / f"metadata_{s}.parquet") for s in sorted(npys, key=int)]
+        return _stamps(root, [f for pair in pairs for f in pair])
+    except (OSError, ValueError):
+        return None
 
 
 def locate(path: str | Path) -> tuple[Path, str] | None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from siglip.index.clip_folder import Folder, locate, scan
+from siglip.index.clip_folder import Folder, listing, locate, scan
 from siglip.index.store import FORMAT, VERSION, check_model, read_meta, remove_quietly, write_meta
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ ORIGIN = "clip-retrieval"
 NO_MODEL = "none (rows imported from a clip-retrieval folder; give --model)"
 BLOCK_ROWS = 1 << 14  # rows copied at a time: 24 MiB of float16 at d = 768, ~4x that while checked
 UNIT_TOL = 1e-2  # |norm - 1| above this: the row is normalised (float16 unit rows are within ~1e-3)
-
-
-def sidecar(folder: Folder) -> Path:
-    return folder.root / f"siglip-{folder.emb}.index"
 
 
 def is_imported(meta: dict) -> bool:
@@ -63,30 +59,30 @@ def resolve(path: str | Path, progress: bool = True) -> Path:
     found = None if (path / "meta.json").is_file() else locate(path)
     if found is None:
         return path
+    out = found[0] / f"siglip-{found[1]}.index"
+    if _current(out, found[0], listing(*found)) is not None:
+        return out  # up to date: no part opened
     folder = scan(*found)
-    out = sidecar(folder)
-    meta = _current(out, folder)
-    if meta is None:
-        try:
-            out.mkdir(exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"{out}: cannot write the index of {folder.root / folder.emb} here ({e}); "
-                             "copy the folder somewhere writable") from None  # fmt: skip
-        with _lock(out):
-            if _current(out, folder) is None:
-                import_folder(folder, out, progress)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write the index of {folder.root / folder.emb} here ({e}); "
+                         "copy the folder somewhere writable") from None  # fmt: skip
+    with _lock(out):
+        if _current(out, folder.root, folder.files()) is None:
+            import_folder(folder, out, progress)
     return out
 
 
-def _current(out: Path, folder: Folder) -> dict | None:
-    """The sidecar's meta.json when it was imported from exactly these part files; None when it must be
-    (re)imported. A sidecar that is not an import (someone embedded into it) is an error."""
+def _current(out: Path, root: Path, files: list | None) -> dict | None:
+    """The sidecar's meta.json when it was imported from exactly these part `files`; None when it must
+    be (re)imported. A sidecar that is not an import (someone embedded into it) is an error."""
     meta = read_meta(out)
-    if meta is None:
+    if meta is None or files is None:
         return None
     if not is_imported(meta):
-        raise ValueError(f"{out}: an index not imported from {folder.root}; move it away to import the folder")
-    return meta if meta["origin"].get("files") == folder.files() else None
+        raise ValueError(f"{out}: an index not imported from {root}; move it away to import the folder")
+    return meta if meta["origin"].get("files") == files else None
 
 
 @contextmanager
