@@ -168,7 +168,7 @@ def export(index: str | Path, opts: Options) -> dict:
         _write_part(gen, first, last, npy, parquet, opts, bar)
         written += 1
     bar.close()
-    for stale in dest.rglob(".*.tmp"):  # a killed run's temporary files
+    for stale in [*(dest / emb).glob(".*.tmp"), *(dest / "metadata").glob(".*.tmp")]:  # a killed run's
         stale.unlink(missing_ok=True)
     took = time.perf_counter() - start
     return {
