@@ -51,7 +51,9 @@ def _manifest(gen: Generation, index: str | Path, part_rows: int) -> dict:
 
 def _ours(name: str) -> bool:
     """A file an export writes: a part, its temporary file, or the manifest."""
-    return name == MANIFEST or re.fullmatch(r"\.?(img_emb|text_emb|metadata)_\d+\.(npy|parquet)(\..*\.tmp)?", name)
+    return name == MANIFEST or bool(
+        re.fullmatch(r"\.?(img_emb|text_emb|metadata)_\d+\.(npy|parquet)(\..*\.tmp)?", name)
+    )
 
 
 def _sidecar(dest: Path, path: Path) -> bool:
