@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[demo,imagenet,test,peers,report,tensorboard]'
 	$(PY) -m pip install -q --no-deps 'clip-retrieval==2.45.0'  # its ClipClient and clip-front, for the serve tests
 	$(PY) -m pip install -q --no-deps 'clip-benchmark==1.6.2'  # its wds builder and metrics, for tests/test_eval_wds.py
+	$(PY) -m pip install -q --no-deps 'autofaiss==2.18.0' 'embedding-reader==1.8.1' 'fire>=0.4' termcolor  # autofaiss builds our clip-retrieval export in the tests; it pins numpy<2, pandas<3 (works with 2 and 3 through its Python API)
 	touch $@
 
 demo: $(VENV)/.demo

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-rows", type=int, default=8192, help="rows read and written at a time")
     p.add_argument("--part-rows", type=int, default=1_000_000, help="rows per file of a clip-retrieval folder")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    # `INDEX --to NAME DEST`: plain parse_args binds both positionals at INDEX (DEST empty), then refuses DEST
+    p.parse_args = p.parse_intermixed_args
 
 
 def run(args: argparse.Namespace) -> int:

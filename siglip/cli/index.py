@@ -14,7 +14,8 @@ captions, when the index has them) then query both the approximate and the exact
 effort (nprobe, candidates re-ranked) is the cheapest that reaches --target-recall, and recall@1/10/100
 and the query latencies are printed and kept in INDEX/ann.json. `siglip search` and
 `siglip.index.open(...).search` use it from then on; `siglip embed` adds new rows to it.
-Needs faiss: pip install 'siglip[ann]'.
+A clip-retrieval folder (img_emb/, metadata/) is imported first into INDEX/siglip-img_emb.index/,
+where the approximate index is built (see siglip.index.clip_import). Needs faiss: pip install 'siglip[ann]'.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import argparse
 from siglip.cli.common import print_json
 from siglip.index.ann_build import BuildOptions, build, retune
 from siglip.index.ann_plan import KINDS, fmt_size
+from siglip.index.clip_import import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", help="an index folder written by siglip embed")
+    p.add_argument("index", help="an index folder written by siglip embed, or a clip-retrieval folder")
     p.add_argument("--kind", default="auto", choices=KINDS, help="the approximate index's family (default auto)")
     p.add_argument("--max-memory", default="4G", help="RAM the approximate index may take: 4G, 512M, ...")
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the search effort is tuned to")
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         kind=args.kind, max_memory=args.max_memory, target_recall=args.target_recall, nprobe=args.nprobe,
         queries=args.queries, texts=not args.no_texts, progress=not args.json,
     )  # fmt: skip
-    desc = retune(args.index, opts) if args.tune else build(args.index, opts)
+    index = resolve(args.index, progress=not args.json)  # a clip-retrieval folder: its imported index beside it
+    desc = retune(index, opts) if args.tune else build(index, opts)
     if args.json:
         print_json(desc)
     else:

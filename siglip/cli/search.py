@@ -10,24 +10,25 @@ index's are refused. With an approximate index (built by `siglip index`), its ca
 re-ranked with the exact rows, so the cosines printed are exact; --exact scans every row instead (in
 chunks, never the whole index in memory). A stale or damaged approximate index is not used (a warning).
 --json prints a list of {"rank", "path", "score", "logit", "cosine"} (score: the probability).
+INDEX may be a clip-retrieval folder (img_emb/, metadata/; or its text_emb/): it is imported once into
+INDEX/siglip-img_emb.index/ (see siglip.index.clip_import), and --model is needed: the folder names none.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from siglip.cli.common import add_model_arguments, load_model, print_json
+from siglip.index.clip_import import check_query_model, is_imported, resolve
 from siglip.index.handle import Index
-from siglip.index.store import check_model
 from siglip.interop.hub import model_ref_exists
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", help="an index folder written by siglip embed")
+    p.add_argument("index", help="an index folder written by siglip embed, or a clip-retrieval folder")
     p.add_argument("query", nargs="?", default="", help="the text to search for")
     p.add_argument("--image", default="", help="search with this image instead of a text")
     p.add_argument("-k", type=int, default=10, help="how many results")
@@ -54,14 +55,16 @@ def _recall10(desc: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if bool(args.query) == bool(args.image):
         raise ValueError('give a text query ("a dog on a beach") or --image FILE, not both')
-    index = Path(args.index)
+    index = resolve(args.index)  # a clip-retrieval folder: its imported index beside it
     idx = Index(index, follow=False)  # one generation for the search and its items
     meta = idx.meta
+    if is_imported(meta) and not args.model:
+        raise ValueError(f"{args.index}: a clip-retrieval folder names no model; give --model (dim {meta['dim']})")
     model_path = args.model or meta["model"]
     if not args.model and not model_ref_exists(model_path):
         raise FileNotFoundError(f"{index}: its model {model_path!r} is gone; pass the same weights with --model")
     model = load_model(args, model_path, "cpu" if args.device == "auto" else args.device)
-    check_model(meta, model.fingerprint, index, f"--model {model_path}")
+    check_query_model(meta, model.fingerprint, model.dim, index, f"--model {model_path}")
     q = model.embed_images([args.image]) if args.image else model.embed_texts([args.query])  # (1, d)
     start = time.perf_counter()
     approx = None if args.exact else idx.ann

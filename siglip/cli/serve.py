@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from siglip.serve.state import ServerState, Settings
 
     model = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
-    indexes = open_indexes(args.index, model.fingerprint, args.model)
+    indexes = open_indexes(args.index, model.fingerprint, args.model, model.dim)
     settings = Settings(
         api_key=args.api_key,
         max_body=args.max_body,

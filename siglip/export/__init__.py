@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # --to NAME -> (module, one line for --help); each module is imported only when it runs
-TARGETS: dict[str, tuple[str, str]] = {}
+TARGETS: dict[str, tuple[str, str]] = {
+    "clip-retrieval": ("siglip.export.clip_retrieval", "img_emb/ + metadata/ parts (autofaiss, clip-back)"),
+}
 
 
 @dataclass

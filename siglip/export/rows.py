@@ -18,8 +18,8 @@ from siglip.index.generation import Generation, open_generation
 
 @dataclass
 class Batch:
-    """Rows `ids[0]` .. `ids[-1]` of an index: ids (n,) int64, embeddings (n, d) float32, paths and
-    captions (n strings each, "" where the index has none)."""
+    """Rows `ids[0]` .. `ids[-1]` of an index: ids (n,) int64, embeddings (n, d) float32 (or as stored),
+    paths and captions (n strings each, "" where the index has none)."""
 
     ids: np.ndarray
     embeddings: np.ndarray
@@ -51,8 +51,11 @@ def open_rows(index: str | Path) -> Generation:
     return open_generation(Path(index))
 
 
-def iter_batches(gen: Generation, batch_rows: int = 8192, start: int = 0) -> Iterator[Batch]:
-    """Batches of `batch_rows` rows from row `start` to the end, in row order."""
+def iter_batches(
+    gen: Generation, batch_rows: int = 8192, start: int = 0, dtype: np.dtype | None = np.float32
+) -> Iterator[Batch]:
+    """Batches of `batch_rows` rows from row `start` to the end, in row order; embeddings in `dtype`
+    (None: as stored, float16 or float32, no conversion)."""
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
     count = gen.count
@@ -65,7 +68,7 @@ def iter_batches(gen: Generation, batch_rows: int = 8192, start: int = 0) -> Ite
             items = [_parse(next(lines, None), gen, r) for r in range(first, last)]
             yield Batch(
                 ids=np.arange(first, last, dtype=np.int64),
-                embeddings=np.asarray(gen.rows[first:last], dtype=np.float32),
+                embeddings=gen.read_rows(first, last).astype(dtype or gen.rows.dtype, copy=False),  # read, not mapped
                 paths=[item_path(it) for it in items],
                 captions=[item_caption(it) for it in items],
             )

@@ -5,7 +5,9 @@ embedding the items an index lacks, resumable, incremental and split over torchr
 (`build.py`); exact chunked top-k that never holds the whole index in memory (`search.py`); `open(path)`, an index
 as one object that searches through its approximate index when it has one (`handle.py`); that
 approximate index: the plan under a memory budget (`ann_plan.py`), faiss and nothing else (`ann.py`),
-building it in chunks (`ann_build.py`), following appends (`ann_update.py`), measured recall (`recall.py`).
+building it in chunks (`ann_build.py`), following appends (`ann_update.py`), measured recall (`recall.py`);
+clip-retrieval's embedding folders read and checked (`clip_folder.py`) and taken as an index, imported
+beside the folder (`clip_import.py`).
 """
 
 from siglip.index.handle import Index, open

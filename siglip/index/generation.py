@@ -31,7 +31,7 @@ from torch import Tensor
 
 from siglip.index import ann
 from siglip.index.ann_plan import Plan
-from siglip.index.search import npy_layout, topk_fd
+from siglip.index.search import _pread_into, npy_layout, topk_fd
 from siglip.index.store import parse_meta
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,17 @@ class Generation:
             s, r = self._scan(q[torch.from_numpy(short)], k)
             scores[short], rows[short] = s.numpy(), r.numpy()
         return scores, rows
+
+    def read_rows(self, first: int, last: int) -> np.ndarray:
+        """Rows first..last-1 in their stored dtype, read from the open file into a new array: for
+        streaming all rows (an export). Not `rows[first:last]`: the map reads ahead nothing (set for
+        re-ranking) and keeps every page it touched counted in the process's RSS."""
+        offset, (_, d), dtype = self._layout
+        out = np.empty((max(0, last - first), d), dtype=dtype)
+        got = _pread_into(self._rows_file.fileno(), memoryview(out).cast("B"), offset + first * out.itemsize * d)
+        if got != out.nbytes:
+            raise ValueError(f"{self.path / self.meta['embeddings']}: truncated before row {last}")
+        return out
 
     def _scan(self, q: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return topk_fd(self._rows_file.fileno(), self._layout, q, k, name=self.path / self.meta["embeddings"])

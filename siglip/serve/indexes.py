@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 import siglip.index
-from siglip.index import check_model, read_meta
+from siglip.index import read_meta
+from siglip.index.clip_import import check_query_model, resolve
 from siglip.index.generation import Generation
 from siglip.serve.images import ShardMembers
 
@@ -149,18 +150,20 @@ def parse_index_flag(value: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def open_indexes(flags: list[str], fingerprint: str, model_path: str) -> dict[str, ServedIndex]:
+def open_indexes(flags: list[str], fingerprint: str, model_path: str, dim: int | None = None) -> dict[str, ServedIndex]:
     """Open every `--index` flag; refuse a missing index, a repeated name, or one built with other
-    weights than `fingerprint` (naming the index)."""
+    weights than `fingerprint` (naming the index). A clip-retrieval folder is served from its
+    imported index (`siglip.index.clip_import`), whose rows must have the model's `dim`."""
     out: dict[str, ServedIndex] = {}
     for flag in flags:
         name, path = parse_index_flag(flag)
         if name in out:
             raise ValueError(f"--index {flag}: the name {name!r} is given twice")
+        path = resolve(path)
         meta = read_meta(path)
         if meta is None:
             raise FileNotFoundError(f"--index {flag}: no meta.json in {path}; not an index written by siglip embed")
-        check_model(meta, fingerprint, f"--index {name}={path}", f"--model {model_path}")
+        check_query_model(meta, fingerprint, dim, f"--index {name}={path}", f"--model {model_path}")
         handle = siglip.index.open(path)
         handle.approximate()  # load (or refuse, with a warning naming it) the approximate index now
         out[name] = ServedIndex(name, path, handle)
