@@ -146,7 +146,7 @@ def quantize_int8(path: Path) -> None:
     quant = require("onnxruntime.quantization")
     tmp = path.with_name(path.stem + ".fp32.onnx")
     path.rename(tmp)
-    logging.disable(logging.WARNING)  # the quantizer logs each node it skips, and advice we do not take, to the root logger
+    logging.disable(logging.WARNING)  # the quantizer logs each skipped node, and advice we do not take, to root
     try:
         int8 = quant.QuantType.QInt8
         quant.quantize_dynamic(
