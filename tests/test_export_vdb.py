@@ -178,6 +178,28 @@ def test_another_dim_or_other_rows_is_an_error_naming_it(tmp_path, engine, capsy
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_collection_in_another_schema_is_an_error_naming_the_field(tmp_path, engine, capsys):
+    uri = uri_for(tmp_path, engine)
+    if engine == "milvus":
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri)
+        client.create_collection("photos", dimension=32)  # the quick setup: fields id and vector
+        client.close()
+        want = "field 'embedding' is missing, expected FLOAT_VECTOR"
+    else:
+        import lancedb
+        import pyarrow as pa
+
+        schema = pa.schema([pa.field("id", pa.int64()), pa.field("embedding", pa.list_(pa.float64(), 32))])
+        lancedb.connect(uri).create_table("photos", schema=schema)
+        want = "field 'embedding' is fixed_size_list<item: double>[32], expected fixed_size_list<item: float>[32]"
+    assert main(["export", str(index_of(tmp_path, n=10)), "--to", engine, "--uri", uri, "--table", "photos"]) == 1
+    err = capsys.readouterr().err
+    assert f"'photos' at {uri} is not in the export schema: {want}" in err, err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_grown_index_exports_only_its_new_rows(tmp_path, engine, capsys):
     rows = unit_rows(90, 32)
     uri = uri_for(tmp_path, engine)
