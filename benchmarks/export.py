@@ -3,20 +3,24 @@ in chunks, never whole in memory) exported to every target `siglip.export.TARGET
 own process, plus a pass that only reads the rows (the export's own floor). Prints, per target, rows/s
 and the process's resident memory at 1/4, 1/2, 3/4 of the rows and at the end (in brackets its
 anonymous part: RSS also counts the pages of the memory-mapped rows file read so far, page cache that
-the kernel takes back under pressure), and its peak RSS: a streaming export's anonymous memory stays
-flat after the first quarter. A target whose extra is missing is skipped with a line.
+the kernel takes back under pressure), its peak RSS and the largest anonymous part seen after a batch:
+a streaming export's anonymous memory stays flat after the first quarter. A target whose extra is
+missing is skipped with a line.
 
     nice python benchmarks/export.py --rows 200000 --dim 768
     nice python benchmarks/export.py --rows 1000000 --dim 768 --dir /work/export-bench --keep   # reuse: --index
 
 Milvus Lite runs inside the exporting process (pure Python in milvus-lite 3), so its memory counts in
-that process's RSS; against a Milvus server the engine's memory is the server's.
+that process's RSS; `milvus@server` exports the same rows to Milvus Lite's gRPC server started in its
+own process (`python -m milvus_lite server`: a Milvus server's API), so the exporter's own memory
+shows apart from the engine's (printed after it).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -87,6 +91,7 @@ def child(target: str, index: str, dest: str, batch_rows: int) -> None:
         quarters = [(q, gen.count * q // 4) for q in (1, 2, 3)]
         for batch in read(gen, batch_rows, start):
             yield batch
+            marks["anon_peak"] = max(marks.get("anon_peak", (0, 0)), memory(), key=lambda m: m[1])
             for q, at in quarters:
                 if f"{q}/4" not in marks and batch.ids[-1] + 1 >= at:
                     marks[f"{q}/4"] = memory()
@@ -98,7 +103,7 @@ def child(target: str, index: str, dest: str, batch_rows: int) -> None:
             gen = rows_module.open_rows(index)
             n = sum(len(b) for b in rows_module.iter_batches(gen, batch_rows))
         else:
-            module = importlib.import_module(TARGETS[target][0])
+            module = importlib.import_module(TARGETS[target.split("@")[0]][0])
             n = module.export(index, Options(dest=dest, name="bench", batch_rows=batch_rows, progress=False))["rows"]
     except ModuleNotFoundError as e:
         print(json.dumps({"skipped": str(e)}))
@@ -111,20 +116,51 @@ def child(target: str, index: str, dest: str, batch_rows: int) -> None:
     print(json.dumps({"rows": n, "seconds": seconds, "marks": marks, "peak_mib": peak}))
 
 
+def milvus_server(data: Path) -> tuple[subprocess.Popen, str]:
+    """Milvus Lite's gRPC server in its own process (the API of a Milvus server), and its URL."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data), "--host", "127.0.0.1"]
+    server = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(150):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    return server, f"http://127.0.0.1:{port}"
+
+
 def run_target(target: str, index: Path, work: Path, batch_rows: int) -> str:
-    dest = work / DEST.get(target, target)
+    """`milvus@server`: the same export to a server in another process, whose memory is then the server's."""
+    dest, server = work / DEST.get(target, target), None
     shutil.rmtree(dest, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--child", target, "--index", str(index), "--dest", str(dest)]
-    out = subprocess.run([*cmd, "--batch-rows", str(batch_rows)], capture_output=True, text=True)
+    if target == "milvus@server":
+        server, url = milvus_server(dest)
+    cmd = [sys.executable, __file__, "--child", target, "--index", str(index), "--dest", url if server else str(dest)]
+    try:
+        out = subprocess.run([*cmd, "--batch-rows", str(batch_rows)], capture_output=True, text=True)
+        if server:
+            status = dict(x.split(":", 1) for x in open(f"/proc/{server.pid}/status"))
+            served = f"; the server's RSS {int(status['VmRSS'].split()[0]) / 1024:.0f} MiB"
+            served += f", peak {int(status['VmHWM'].split()[0]) / 1024:.0f} MiB"
+    finally:
+        if server:
+            server.kill()
+            server.wait()
     if out.returncode != 0:
         return f"{target:15s} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
     r = json.loads(out.stdout.strip().splitlines()[-1])
     if "skipped" in r:
         return f"{target:15s} skipped: {r['skipped']}"
+    anon_peak = r["marks"].pop("anon_peak", (0, 0))[1]
     rss = ", ".join(f"{k} {v[0]:.0f} ({v[1]:.0f})" for k, v in r["marks"].items())
     return (
         f"{target:15s} {r['rows']} rows in {r['seconds']:.1f} s: {r['rows'] / r['seconds']:,.0f} rows/s; "
-        f"RSS (anon) MiB at {rss}; peak RSS {r['peak_mib']:.0f} MiB"
+        f"RSS (anon) MiB at {rss}; peak RSS {r['peak_mib']:.0f} MiB, anon {anon_peak:.0f} MiB after a batch"
+        + (served if server else "")
     )
 
 
@@ -153,6 +189,8 @@ def main() -> None:
         meta = json.loads((index / "meta.json").read_text())
         print(f"{meta['count']} x {meta['dim']} float16 rows, batches of {args.batch_rows}; load: {os.getloadavg()}")
         targets = args.targets.split(",") if args.targets else ["read-only", *TARGETS]
+        if not args.targets and "milvus" in TARGETS and importlib.util.find_spec("milvus_lite"):
+            targets.append("milvus@server")
         for target in targets:
             print(run_target(target, index, work, args.batch_rows), flush=True)
     finally:

@@ -306,3 +306,43 @@ def test_a_missing_client_names_the_extra(tmp_path, engine, module, monkeypatch,
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     assert main(["export", str(index_of(tmp_path, n=5)), "--to", engine, "--uri", uri_for(tmp_path, engine)]) == 1
     assert f"pip install 'siglip[{engine}]'" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_milvus_server_url(tmp_path):
+    """--uri http://host:port: the client speaking to a server in another process (Milvus Lite's own
+    gRPC server, `python -m milvus_lite server`, the same API as a Milvus server), not in this one."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "srv"), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        index = index_of(tmp_path, n=300)
+        for _ in range(100):  # up when a client connects
+            try:
+                import pymilvus
+
+                pymilvus.MilvusClient(uri, timeout=1).close()
+                break
+            except Exception:
+                time.sleep(0.2)
+        export_cli(index, "milvus", uri, "--batch-rows", "64")
+        assert_holds_index("milvus", uri, index)
+        queries = unit_rows(20, 32, seed=9)
+        want_scores, want_ids = siglip.index.open(index).search(queries, 10, exact=True)
+        scores, ids = milvus_top(uri, queries)
+        assert np.array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-3)
+        assert (tmp_path / "srv" / "collections" / "photos").is_dir()  # the rows are the server's
+    finally:
+        server.kill()
+        server.wait()
