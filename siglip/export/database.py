@@ -15,6 +15,7 @@ since the last export (rows appended by `siglip embed`) resumes where the collec
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -104,7 +105,7 @@ def fit_strings(batch: Batch, table: Collection, index: Path) -> int:
     return cut
 
 
-def export_rows(index: str | Path, table_for, opts: Options, target: str) -> dict:
+def export_rows(index: str | Path, table_for: Callable[[int], Collection], opts: Options, target: str) -> dict:
     """Streams the index into `table_for(dim)` (the target's created or checked collection), resuming
     where a previous run stopped; the report `siglip export` prints."""
     t0 = time.perf_counter()
