@@ -14,6 +14,11 @@ from dataclasses import dataclass
 # --to NAME -> (module, one line for --help); each module is imported only when it runs
 TARGETS: dict[str, tuple[str, str]] = {
     "clip-retrieval": ("siglip.export.clip_retrieval", "img_emb/ + metadata/ parts (autofaiss, clip-back)"),
+    "milvus": (
+        "siglip.export.milvus",
+        "a Milvus collection: --uri x.db (Milvus Lite) or http://host:19530 (extra: milvus)",
+    ),
+    "lancedb": ("siglip.export.lancedb", "a LanceDB table: --uri DIR --table NAME (extra: lancedb)"),
 }
 
 
