@@ -87,9 +87,9 @@ def child(target: str, index: str, dest: str, batch_rows: int) -> None:
     marks: dict[str, tuple[float, float]] = {}
     read = rows_module.iter_batches
 
-    def watched(gen, batch_rows=8192, start=0):
+    def watched(gen, batch_rows=8192, start=0, **kw):  # kw: rows.py's other options (dtype)
         quarters = [(q, gen.count * q // 4) for q in (1, 2, 3)]
-        for batch in read(gen, batch_rows, start):
+        for batch in read(gen, batch_rows, start, **kw):
             yield batch
             marks["anon_peak"] = max(marks.get("anon_peak", (0, 0)), memory(), key=lambda m: m[1])
             for q, at in quarters:
