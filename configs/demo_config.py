@@ -1,8 +1,9 @@
 """A tiny SigLIP trained from scratch on the bundled handwritten digits, on a laptop CPU.
 
     python training/train.py --config configs/demo_config.py --output-dir runs/demo
-    -> trains ~3 minutes on 2 cores (660 steps), then prints the zero-shot accuracy on the 359
-       held-out digits (digits/acc1 0.93-0.96); the model is runs/demo/siglip_demo.pt
+    -> trains ~6 minutes on 2 cores (660 steps), then prints the zero-shot accuracy on the 359
+       held-out digits (digits/acc1 0.961 with the default seed 0; 0.953 and 0.877 with seeds 1
+       and 2: the tiny model's result depends on the batch order); the model is runs/demo/siglip_demo.pt
 
 Mild augmentation (random resized crop of 85-100% of the image, colour jitter) and weight decay
 matter here: without them the tiny model memorises the 1,438 training pairs and held-out accuracy

@@ -115,10 +115,65 @@ def test_training_from_parquet_resumes_to_the_uninterrupted_losses(tmp_path):
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
 
 
+def test_demo_epochs_from_parquet_feed_the_csv_rows_augmented_alike(tmp_path):
+    """The demo config from its digits as parquet: in each epoch every batch row is a row of the CSV,
+    with its caption and the very augmentation (crop, colour jitter) the CSV path gives that row in that
+    epoch, each row at most once, and as many rows as from the CSV. What differs is only the order
+    (row groups shuffled, then a buffer). Demo accuracies from both: tests/test_parquet_use.py's slow test."""
+    import importlib.util
+
+    from siglip.data import PairDataset
+    from siglip.distributed import Runtime
+    from siglip.train.build import build_data, build_tokenizer, find_source
+    from siglip.transforms import draft_size, model_transform
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs/demo_config.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    pq_dir = write_digits_parquet(tmp_path / "digits", tmp_path / "pq")
+
+    def data_for(path):
+        cfg = demo.get_config()
+        cfg.data.path, cfg.data.num_workers = str(path), 0
+        source = find_source(cfg)
+        tokenizer = build_tokenizer(cfg, None, source, Runtime())
+        return cfg, source, tokenizer, build_data(cfg, source, tokenizer, Runtime())
+
+    cfg, csv_source, tokenizer, csv_data = data_for(tmp_path / "digits" / "train.csv")
+    _, _, pq_tokenizer, pq_data = data_for(pq_dir / "train.parquet")
+    assert pq_tokenizer.proto == tokenizer.proto and pq_data.steps_per_epoch == csv_data.steps_per_epoch
+    d = cfg.data
+    transform = model_transform(cfg.model, {"image_size": cfg.model.image_size, "resample": d.resample,
+                                            "max_num_patches": d.max_num_patches},
+                                random_resized_crop=d.random_resized_crop, crop_scale_min=d.crop_scale_min,
+                                horizontal_flip=d.horizontal_flip, color_jitter=d.color_jitter)  # fmt: skip
+    rows = PairDataset(csv_source.pairs, transform, seed=cfg.train.seed,
+                       draft=draft_size(cfg.model.image_size, d.random_resized_crop, d.crop_scale_min))  # fmt: skip
+    for epoch in (3,):  # an epoch past the first: the augmentation follows the epoch
+        rows.set_epoch(epoch)
+        want = {}
+        for i in range(len(rows)):
+            pixels, caption = rows[i]
+            want[pixels.numpy().tobytes()] = tokenizer([caption])[0].tolist()
+        assert len(want) == len(rows)  # every row's augmented pixels are its own
+        seen = []
+        for batch in pq_data.batches(epoch, 0):
+            for pixels, ids in zip(batch["pixels"], batch["ids"]):
+                key = pixels.numpy().tobytes()
+                assert want.get(key) == ids.tolist(), "a parquet row that is no CSV row of this epoch, as augmented"
+                seen.append(key)
+        assert len(seen) == len(set(seen)) == csv_data.steps_per_epoch * cfg.train.batch_size
+
+
 @pytest.mark.slow
 def test_demo_from_parquet_reaches_the_accuracy_from_csv(tmp_path):
     """The whole demo config (660 steps) from digits/train.csv and from the same pairs as parquet:
-    held-out zero-shot acc1 within 0.04 (runs of the CSV config alone vary by ~0.03)."""
+    held-out zero-shot acc1 within 0.04. Measured (2026-12-07, seed 0): csv 0.961, parquet 0.855, which
+    FAILS. The rows and their augmentation are the same (the test above); only the batch order differs,
+    and the CSV demo alone gives 0.961 / 0.953 / 0.877 with seeds 0 / 1 / 2 (seed 2 from parquet: 0.861).
+    Whether parquet's order costs accuracy on average needs more seeds than one run each."""
     import subprocess
     import sys
 
