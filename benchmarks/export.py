@@ -2,8 +2,8 @@
 in chunks, never whole in memory) exported to every target `siglip.export.TARGETS` lists, each in its
 own process, plus a pass that only reads the rows (the export's own floor). Prints, per target, rows/s
 and the process's resident memory at 1/4, 1/2, 3/4 of the rows and at the end (in brackets its
-anonymous part: RSS also counts the pages of the memory-mapped rows file read so far, page cache that
-the kernel takes back under pressure), its peak RSS and the largest anonymous part seen after a batch:
+anonymous part: RSS also counts file pages a process maps, e.g. an engine's own files; the rows are
+read with pread, not mapped), its peak RSS and the largest anonymous part seen after a batch:
 a streaming export's anonymous memory stays flat after the first quarter. A target whose extra is
 missing is skipped with a line.
 
@@ -70,8 +70,8 @@ def make_index(index: Path, n: int, d: int) -> None:
 
 
 def memory() -> tuple[float, float]:
-    """(VmRSS, RssAnon) of this process, MiB. RSS counts the pages of the memory-mapped rows file
-    touched so far (page cache, given back under pressure); RssAnon is the process's own memory."""
+    """(VmRSS, RssAnon) of this process, MiB. RSS also counts the pages of files it maps (page cache,
+    given back under pressure); RssAnon is the process's own memory."""
     got = {}
     for line in open("/proc/self/status"):
         key, _, value = line.partition(":")
