@@ -172,8 +172,8 @@ def test_demo_from_parquet_reaches_the_accuracy_from_csv(tmp_path):
     """The whole demo config (660 steps) from digits/train.csv and from the same pairs as parquet:
     held-out zero-shot acc1 within 0.04. Measured (2026-12-07, seed 0): csv 0.961, parquet 0.855, which
     FAILS. The rows and their augmentation are the same (the test above); only the batch order differs,
-    and the CSV demo alone gives 0.961 / 0.953 / 0.877 with seeds 0 / 1 / 2 (seed 2 from parquet: 0.861).
-    Whether parquet's order costs accuracy on average needs more seeds than one run each."""
+    and the CSV demo alone gives 0.961 / 0.953 / 0.877 with seeds 0 / 1 / 2; parquet gave 0.855 / 0.880 /
+    0.861: lower at each seed, within the CSV's own spread. Cause not found (docs/train.md)."""
     import subprocess
     import sys
 
