@@ -157,8 +157,8 @@ SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 def read_sharded(index_path: Path) -> dict[str, Tensor]:
     """A Hugging Face checkpoint split over shard files: the index JSON's `weight_map` (tensor name ->
-    shard file, beside it) read shard by shard into one dict. A missing shard, a shard without the
-    tensors the index gives it, or a malformed index is a ValueError naming the file."""
+    shard file, beside it) read shard by shard into one dict. A missing shard is a FileNotFoundError;
+    a malformed index, or tensors the index lists that no shard holds, a ValueError; each names the file."""
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
         if not isinstance(weight_map, dict) or not weight_map:
@@ -166,7 +166,7 @@ def read_sharded(index_path: Path) -> dict[str, Tensor]:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{index_path}: not a shard index (a JSON object with a 'weight_map'): {e}") from None
     state: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in sorted(set(weight_map.values()), key=str):
         if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
             raise ValueError(f"{index_path}: shard {shard!r} is not a file name beside the index")
         path = index_path.parent / shard
