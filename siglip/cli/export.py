@@ -3,12 +3,14 @@
     siglip export photos.index --to clip-retrieval photos_emb/          # img_emb/, metadata/ (autofaiss, clip-back)
     siglip export photos.index --to milvus --uri photos.db --collection photos
     siglip export photos.index --to milvus --uri http://host:19530 --collection photos --json
+    siglip export photos.index --to lancedb --uri photos.lance --table photos
 
 Every target gets one schema: id (int64, the row in the index), embedding (the index's dimension,
 unit rows: inner product is cosine), path (the image path, shard::key, or "" for a text index) and
 caption ("" when unknown). The rows are streamed from the index a batch at a time (--batch-rows),
-never the whole matrix in memory, with progress. A database export is resumable: after a kill the
-same command skips the ids already there. --json prints what was written.
+never the whole matrix in memory, with progress. Every export is resumable: after a kill the same
+command keeps the clip-retrieval parts already complete, or the ids already in the collection, and
+writes the rest. --json prints what was written.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from siglip.export import TARGETS, Options
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("index", help="an index folder written by siglip embed")
     p.add_argument("dest", nargs="?", default="", help="the output folder (--to clip-retrieval)")
-    p.add_argument("--to", required=True, choices=sorted(TARGETS) or None, help="the target format or engine")
+    targets = "; ".join(f"{name}: {line}" for name, (_, line) in TARGETS.items())
+    p.add_argument("--to", required=True, choices=sorted(TARGETS), help=f"the target format or engine ({targets})")
     p.add_argument("--uri", default="", help="the engine's URI: a file or folder for its local mode, or a server URL")
     p.add_argument("--collection", "--table", dest="name", default="", help="the collection (table) to write")
     p.add_argument("--batch-rows", type=int, default=8192, help="rows read and written at a time")
