@@ -18,7 +18,7 @@ import torch
 
 import siglip
 from siglip.eval.datasets import ZERO_SHOT_DATASETS, classification_set
-from siglip.eval.results import benchmark_record, eval_arguments, format_table, output_file, write_results
+from siglip.eval.results import eval_arguments, format_table, save_set_results
 from siglip.eval.wds import sets_to_run
 from siglip.eval.zero_shot import evaluate_zero_shot
 
@@ -44,7 +44,4 @@ for name, path in sets:
         model, model.tokenizer, model.preprocess, data, args.batch_size, args.num_workers, args.bf16, progress=True
     )
     print(format_table(metrics))
-    if output := output_file(args.output, name, "zeroshot_classification", listed):
-        record = benchmark_record(name, model.config.variant, args.model_path, "zeroshot_classification", metrics)
-        write_results(output, record)
-        print(f"wrote {output}")
+    save_set_results(args.output, name, model, args.model_path, "zeroshot_classification", metrics, listed)

@@ -46,6 +46,14 @@ def output_file(output: str, dataset: str, task: str, listed: bool) -> str:
     return str(Path(output or ".") / f"{slug}_{task}.json")
 
 
+def save_set_results(output: str, name: str, model, model_path: str, task: str, metrics: dict, listed: bool) -> None:
+    """--output for one set of an evaluation script: CLIP_benchmark's record of `metrics` written where
+    `output_file` says (nothing without --output), and a line saying so."""
+    if path := output_file(output, name, task, listed):
+        write_results(path, benchmark_record(name, model.config.variant, model_path, task, metrics))
+        print(f"wrote {path}")
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Two aligned columns: metric, value (recalls and accuracies as percentages)."""
     width = max(len(k) for k in metrics)
