@@ -21,7 +21,7 @@ datasets = pytest.importorskip("datasets")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from siglip.data.parquet import TableError  # noqa: E402
-from siglip.data.table_stream import TableStream, table_loader  # noqa: E402
+from siglip.data.table_stream import TableStream, epoch_chunks, table_loader  # noqa: E402
 from siglip.data.tables import find_tables, label_names  # noqa: E402
 from tests.parquet_helpers import patch_footer  # noqa: E402
 
@@ -153,6 +153,21 @@ def test_every_row_once_per_epoch_over_ranks_and_workers(src):
     as_sets = lambda runs: sorted(sorted(b) for r in runs for b in r)
     assert as_sets(one) == as_sets(two)  # the batches do not depend on the worker count
     assert epoch(tables, 4, world=2) != one  # another epoch, another order
+
+
+def test_the_rows_left_out_change_each_epoch_even_in_one_row_group():
+    """A file written as one row group (pandas' and pyarrow's default up to 1Mi rows): 100 rows, batch 16,
+    so 4 rows fill no batch each epoch. They were the file's last 4 in every epoch (never trained on);
+    now a seeded split of its first and last rows, so each row is trained on in some epochs. Every
+    rank's range stays whole batches of distinct rows."""
+    seen, left_out = set(), []
+    for ep in range(30):  # the demo's epochs
+        chunks = [c for r in range(2) for c in epoch_chunks([100], 0, ep, 16, r, 2, chunk_rows=30)]
+        rows = [i for c in chunks for _u, lo, hi in c.segments for i in range(lo, hi)]
+        assert len(rows) == len(set(rows)) == 96 and sum(c.batches for c in chunks) * 8 == 96
+        seen |= set(rows)
+        left_out.append(sorted(set(range(100)) - set(rows)))
+    assert seen == set(range(100)) and len({tuple(x) for x in left_out}) > 2
 
 
 def test_resume_mid_epoch_gives_the_rest_of_the_epoch(src):

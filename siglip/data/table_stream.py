@@ -5,7 +5,8 @@ of an epoch yields exactly the batches an uninterrupted run would have yielded f
 
 One epoch, for one rank:
 1. the units are shuffled (seeded by seed and epoch, the same on every rank) and laid end to end;
-   the first `steps * min(batch, n)` rows are dealt to ranks as contiguous ranges, so rank r reads
+   `steps * min(batch, n)` rows from a seeded start (the remainder is left out at the head and the
+   tail, in a split that changes each epoch) are dealt to ranks as contiguous ranges, so rank r reads
    only its range (a unit cut by a range edge is read by both neighbours, each its part);
 2. the rank's range is cut into chunks at unit ends, rounded up to a batch edge, at least
    `chunk_rows` rows each; chunk j goes to DataLoader worker j % workers (so each unit is read
@@ -71,9 +72,13 @@ def epoch_chunks(
     if not local:
         return []
     order = list(range(len(rows)))
-    random.Random(f"{seed}-{epoch}-units").shuffle(order)  # the same order on every rank
+    rng = random.Random(f"{seed}-{epoch}-units")
+    rng.shuffle(order)  # the same order on every rank
     length = steps * local
-    segs = _rank_segments(rows, order, rank * length, (rank + 1) * length)
+    # the remainder left out is a seeded split of the layout's head and tail, so that no row (the end
+    # of a file written as one row group, say) is left out of every epoch
+    base = rng.randrange(n - length * world_size + 1)
+    segs = _rank_segments(rows, order, base + rank * length, base + (rank + 1) * length)
     cuts, begin = [], 0
     for _u, lo, hi, at in segs:
         end = at + hi - lo
