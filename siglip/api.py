@@ -166,8 +166,8 @@ class Model:
             raise TokenizerMissing(
                 f"{self.path or 'this model'}: loaded without a tokenizer (none beside the weights: looked for "
                 "spiece.model, tokenizer.model or a single *.model), so it can embed images but not text. Pass "
-                "the SentencePiece model: siglip.load(path, tokenizer='spiece.model'), or --tokenizer FILE "
-                "on the siglip command line"
+                "its tokenizer: siglip.load(path, tokenizer='spiece.model'), a folder or a Hub id such as "
+                "tokenizer='google/siglip-base-patch16-224', or --tokenizer on the siglip command line"
             )
         return self._tokenizer
 
@@ -319,10 +319,13 @@ def load(
     (None: as stored; "float16" / "bfloat16" for speed on a GPU). `path`: our model file, a Hugging
     Face SigLIP folder or weights file, an open_clip SigLIP checkpoint or a big_vision .npz (detected
     from the content), or a Hub id of one (`google/siglip-base-patch16-224`, `org/name@revision`,
-    `hf-hub:timm/ViT-B-16-SigLIP`: the cache first, else a download; `siglip.interop.hub`), or a folder of `siglip convert --to onnx` (run by onnxruntime);
-    `tokenizer`: a SentencePiece model, for weights without one beside them. `image_size`: run a fixed-resolution model at this size (a multiple of the patch): its position
-    grid resized as transformers' `interpolate_pos_encoding` does (`siglip.resolution`); the model's
-    config and preprocessing then say the new size, and so does a model saved from it."""
+    `hf-hub:timm/ViT-B-16-SigLIP`: the cache first, else a download; `siglip.interop.hub`), or a
+    folder of `siglip convert --to onnx` (run by onnxruntime); `tokenizer`: a SentencePiece model or
+    tokenizer.json, a folder holding one or a Hub id (its tokenizer files alone), for weights without
+    one beside them. `image_size`: run a fixed-resolution model at this size (a multiple of the
+    patch): its position grid resized as transformers' `interpolate_pos_encoding` does
+    (`siglip.resolution`); the model's config and preprocessing then say the new size, and so does a
+    model saved from it."""
     if is_onnx_export(path):  # a folder of `siglip convert --to onnx`: onnxruntime runs it
         if image_size or tokenizer or dtype:
             raise ValueError(

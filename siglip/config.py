@@ -109,7 +109,8 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """SentencePiece. `path` = a .model file to use; empty = train one on the training captions."""
+    """SentencePiece. `path` = the tokenizer to use (a .model or tokenizer.json, a folder holding one,
+    or a Hub id such as google/siglip-base-patch16-224); empty = train one on the training captions."""
 
     path: str = ""
     vocab_size: int = 32000  # for training a new one; capped by what the captions support

@@ -22,7 +22,7 @@ from siglip.checkpoint import model_payload
 from siglip.cli import main as cli_main
 from siglip.config import ModelConfig, TrainConfig
 from siglip.interop import load_payload, to_hf
-from siglip.interop.hub import HubError, needed_files, parse_hub_id, resolve_model
+from siglip.interop.hub import HubError, needed_files, parse_hub_id, resolve_model, tokenizer_files
 from siglip.interop.open_clip import open_clip_rules
 from siglip.interop.rules import unapply_rules
 from siglip.model import SigLIP
@@ -40,8 +40,9 @@ EMBED = """
 import json, sys, siglip
 out = {}
 for ref in sys.argv[3:]:
+    model, _, tok = ref.partition("::")  # MODEL::TOKENIZER
     try:
-        m = siglip.load(ref)
+        m = siglip.load(model, tokenizer=tok or None)
     except FileNotFoundError as e:
         out[ref] = str(e)
         continue
@@ -107,6 +108,22 @@ def repos(tmp_path_factory):
     timm = {"config.json": b'{"architecture": "vit_base_patch16_siglip_224"}', "model.safetensors": JUNK}
     hub.add("timm/ViT-tiny-SigLIP", {**files_of(tmp / "oc"), **timm})
     hub.add("me/siglip-ours", {**files_of(tmp / "ours"), "notes.txt": JUNK})
+    # tokenizers kept apart from the weights: a repo read for its tokenizer alone (its weights never
+    # fetched), weights folders without one, and an open_clip repo whose config names another repo's
+    hub.add("google/siglip-tok", {**files_of(local["hf_a"]), "model.safetensors": JUNK})
+    for name in ("hf_a", "hf2"):
+        (tmp / f"{name}_notok").mkdir()
+        for n, b in files_of(local[name]).items():
+            if n in ("config.json", "model.safetensors", "preprocessor_config.json"):
+                (tmp / f"{name}_notok" / n).write_bytes(b)
+        local[f"{name}_notok"] = tmp / f"{name}_notok"
+    oc_cfg = json.loads(files_of(tmp / "oc")["open_clip_config.json"])
+    oc_cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-tiny-SigLIP"  # as open_clip pushes by default
+    oc_weights = files_of(tmp / "oc")["open_clip_model.safetensors"]
+    hub.add(
+        "me/oc-elsewhere",
+        {"open_clip_model.safetensors": oc_weights, "open_clip_config.json": json.dumps(oc_cfg).encode()},
+    )
     return local, hub, write_image(tmp / "images" / "red.png", size=(24, 18))
 
 
@@ -233,6 +250,57 @@ def test_a_local_path_wins_over_an_id_of_the_same_spelling(repos, tmp_path, monk
     assert siglip.load("google/siglip-tiny").fingerprint == siglip.load(local["hf_b"]).fingerprint
 
 
+def test_tokenizer_by_id_and_the_repo_open_clip_names(repos, tmp_path, monkeypatch):
+    """`tokenizer=` / --tokenizer by Hub id fetches that repo's tokenizer files alone (never its
+    weights), and gives the embeddings of the model with its own tokenizer beside it; SigLIP 2's Gemma
+    kind is told from the tokenizer repo's config. An open_clip repo pushed without tokenizer files
+    takes the one its config's text_cfg.hf_tokenizer_name names, as open_clip does. Online, then
+    offline from the cache alone; an id not cached offline is a named error, exit 1; training's
+    tokenizer.path takes an id too."""
+    local, hub, image = repos
+    cases = {
+        f"{local['hf_a_notok']}::google/siglip-tok": local["hf_a"],
+        f"{local['hf2_notok']}::google/siglip2-tiny": local["hf2"],
+        "me/oc-elsewhere": local["oc"],
+    }
+    want = {ref: expected(path, image) for ref, path in cases.items()}
+    url = hub.start().url
+    try:
+        rc, got, err = run_embed(hub_env(tmp_path / "hf", url, offline=False), image, list(cases), tmp_path)
+    finally:
+        hub.stop()
+    assert rc == 0, err
+    for ref in cases:
+        assert_same(got[ref], want[ref], ref)
+    gets = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
+    assert not [
+        p for p in gets if p.startswith("/google/siglip-tok/") and p.endswith(("/model.safetensors", "/config.json"))
+    ]
+    assert not [p for p in gets if p.startswith("/timm/ViT-tiny-SigLIP/") and "open_clip" in p]  # its tokenizer alone
+    rc, again, err = run_embed(hub_env(tmp_path / "hf", url, offline=True), image, list(cases), tmp_path)
+    assert rc == 0, err
+    for ref in cases:
+        assert_same(again[ref], want[ref], ref)
+    env = hub_env(tmp_path / "hf", url, offline=True)
+    cmd = [sys.executable, "-m", "siglip", "embed", str(image.parent), "--model", str(local["hf_a_notok"])]
+    cmd += ["--tokenizer", "google/other-tok", "--out", str(tmp_path / "x.index")]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "google/other-tok: not a local path" in p.stderr and "hf download google/other-tok" in p.stderr
+    from huggingface_hub import constants
+
+    from siglip.config import Config
+    from siglip.distributed import Runtime
+    from siglip.train.build import build_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = Config()
+    cfg.tokenizer.path, cfg.model.text_length = "google/siglip2-tiny", 8
+    tok = build_tokenizer(cfg, None, None, Runtime())
+    assert tok.kind == "gemma" and tok.proto == (local["hf2"] / "tokenizer.model").read_bytes()
+
+
 def test_spellings_and_file_choice():
     assert parse_hub_id("google/siglip-base-patch16-224") == ("google/siglip-base-patch16-224", None)
     assert parse_hub_id("org/name@v1.0") == ("org/name", "v1.0")
@@ -253,6 +321,13 @@ def test_spellings_and_file_choice():
         needed_files(["a.pt", "b.pt"], "x")
     with pytest.raises(HubError, match="no model files siglip reads"):
         needed_files(["README.md"], "x")
+    tok = tokenizer_files(
+        ["model.safetensors", "config.json", "spiece.model", "tokenizer.json", "tokenizer_config.json"], "x"
+    )
+    assert tok.files == ("spiece.model", "tokenizer_config.json") and tok.has_tokenizer
+    assert tokenizer_files(["tokenizer.json", "special_tokens_map.json"], "x").files[0] == "tokenizer.json"
+    with pytest.raises(HubError, match="x: no tokenizer files in this repo"):
+        tokenizer_files(["model.safetensors", "tokenizer_config.json"], "x")
 
 
 def test_without_the_extra_the_error_names_it(monkeypatch, tmp_path):

@@ -53,7 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="checkpoint: our .pt, a Hugging Face folder, open_clip, big_vision, or a Hub id (org/name[@revision])",
     )
-    g.add_argument("--tokenizer", default=None, help="SentencePiece model, when none lies beside the weights")
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files alone), when none lies beside the weights",
+    )
     g.add_argument("--index", action="append", default=[], metavar="NAME=PATH", help="an index to serve (repeat)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights' dtype (default: as stored)")

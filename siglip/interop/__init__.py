@@ -10,7 +10,7 @@ without running pickled code (`tensors.py`); `detect.py` tells the formats apart
 `python -m siglip.interop SRC DST --to {siglip,hf,onnx}` converts (`python -m siglip.convert` too).
 """
 
-from siglip.interop.detect import load_into, load_payload, load_pretrained
+from siglip.interop.detect import load_into, load_payload, load_pretrained, load_tokenizer
 from siglip.interop.hf import to_hf
 
-__all__ = ["load_into", "load_payload", "load_pretrained", "to_hf"]
+__all__ = ["load_into", "load_payload", "load_pretrained", "load_tokenizer", "to_hf"]

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dst", help="our model file (.pt) for --to siglip, a folder for --to hf")
     parser.add_argument("--to", choices=("siglip", "hf", "onnx"), required=True)
     parser.add_argument(
-        "--tokenizer", default=None, help="SentencePiece model or tokenizer.json, if none lies beside SRC"
+        "--tokenizer",
+        default=None,
+        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files alone), when none lies beside SRC",
     )
     parser.add_argument(
         "--vision-only", action="store_true", help="--to hf: the image tower alone (SiglipVisionModel), for a VLM"

@@ -127,5 +127,5 @@ def read_big_vision(path: Path, tokenizer: str | Path | None, require_tokenizer:
     cfg = big_vision_config(arrays, str(path))
     sd = apply_rules(big_vision_rules(cfg), arrays, model_shapes(cfg), str(path))
     tok = find_tokenizer(path, tokenizer, require_tokenizer)
-    kind = tokenizer_kind(Path(tokenizer).parent if tokenizer else path.parent, tok)
+    kind = tokenizer_kind(path.parent, tok)
     return make_payload(cfg, sd, tok, "bilinear", kind=kind)  # big_vision resizes bilinearly

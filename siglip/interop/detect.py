@@ -1,6 +1,6 @@
 """Any supported checkpoint in: a Hub id becomes a local path first (`siglip.interop.hub`), then the
 format is detected from the content, read by its module, and returned as our payload; then the entry
-points for fine-tuning (`load_pretrained`, `load_into`). A ready-to-use model with its tokenizer and
+points for fine-tuning (`load_pretrained`, `load_into`) and a tokenizer alone (`load_tokenizer`). A ready-to-use model with its tokenizer and
 preprocessing is `siglip.load` (siglip/api.py)."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from pathlib import Path
 from siglip.checkpoint import FORMAT, Payload, check_payload
 from siglip.interop.big_vision import read_big_vision
 from siglip.interop.hf import read_hf
-from siglip.interop.hub import resolve_model
+from siglip.interop.hub import SHARD_INDEXES, resolve_model
 from siglip.interop.open_clip import read_open_clip
-from siglip.interop.tensors import SHARD_INDEXES, is_npz, read_tensors
+from siglip.interop.siglip2 import tokenizer_kind
+from siglip.interop.tensors import find_tokenizer, is_npz, read_tensors
 from siglip.model import SigLIP
 from siglip.resolution import at_image_size
+from siglip.tokenizer import Tokenizer
 
 
 def load_payload(path: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True) -> Payload:
@@ -71,3 +73,14 @@ def load_into(model: SigLIP, payload: Payload, where: str | Path) -> None:
             f"{where}: weights do not fit the model (missing {[k for k in missing if k not in allowed][:5]}, "
             f"unexpected {unexpected[:5]})"
         )
+
+
+def load_tokenizer(ref: str | Path, length: int) -> Tokenizer:
+    """A tokenizer alone (training's `tokenizer.path`): a SentencePiece model or tokenizer.json, a folder
+    holding one, or a Hub id (only its tokenizer files are fetched). Its kind (SigLIP's or SigLIP 2's
+    Gemma) is told as for a checkpoint's (`tokenizer_kind`)."""
+    tok = find_tokenizer(Path("."), ref)
+    try:
+        return Tokenizer(tok.data, length, tokenizer_kind(tok.folder or Path("."), tok), tok.fmt, tok.specials)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{ref}: not a tokenizer siglip reads: {e}") from e

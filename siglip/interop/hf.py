@@ -14,11 +14,11 @@ from torch import Tensor
 
 from siglip.checkpoint import Payload, tokenizer_from_payload
 from siglip.config import ModelConfig, TowerConfig, model_config_from_dict
+from siglip.interop.hub import SHARD_INDEXES
 from siglip.interop.rules import Rule, apply_rules, torch_modules, unapply_rules
 from siglip.interop.siglip2 import hf_max_num_patches, tokenizer_kind
 from siglip.interop.tensors import (
     IGNORED,
-    SHARD_INDEXES,
     TokenizerFile,
     find_tokenizer,
     heads_for,

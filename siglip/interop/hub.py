@@ -8,14 +8,19 @@ there), else a download, with progress, of only the files the repo's format need
 The token for gated or private repos is wherever huggingface_hub looks for it (`hf auth login`,
 HF_TOKEN); nothing is passed from here. A failure is one `HubError` naming the id, never a traceback
 from inside the client.
+
+A tokenizer reference (`--tokenizer`) resolves the same way (`resolve_tokenizer`), fetching only the
+repo's tokenizer files; open_clip's `text_cfg.hf_tokenizer_name` (`tokenizer_repo`) is such a
+reference when a model repo keeps its tokenizer in another repo.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,7 @@ _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt", ".mode
 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's own order
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # as siglip.interop.tensors reads them
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # transformers' split checkpoints
 SAFETENSORS_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 BIN_SHARD = re.compile(r"pytorch_model-\d+-of-\d+\.bin")
 NAMED_TOKENIZERS = ("spiece.model", "tokenizer.model")
@@ -49,6 +54,9 @@ class Choice:
     files: tuple[str, ...]
     target: str
     has_tokenizer: bool
+
+
+Chooser = Callable[[Iterable[str], str], Choice]  # (a repo's file names, the id as spelled) -> what to fetch
 
 
 def parse_hub_id(ref: str) -> tuple[str, str | None] | None:
@@ -79,6 +87,17 @@ def _tokenizer_files(top: set[str]) -> list[str]:
     models = [n for n in NAMED_TOKENIZERS if n in top][:1] or sorted(f for f in top if f.endswith(".model"))
     main = models or (["tokenizer.json"] if "tokenizer.json" in top else [])
     return main + [n for n in SMALL_CONFIGS if n in top]
+
+
+def tokenizer_files(files: Iterable[str], where: str) -> Choice:
+    """A repo's file listing -> its tokenizer files alone (for `--tokenizer org/name`)."""
+    tok = _tokenizer_files({f for f in files if "/" not in f})
+    if not tok or tok[0] in SMALL_CONFIGS:
+        raise HubError(
+            f"{where}: no tokenizer files in this repo (looked for {' / '.join(NAMED_TOKENIZERS)}, a *.model or "
+            "tokenizer.json at the top level)"
+        )
+    return Choice(tuple(tok), "", True)
 
 
 def needed_files(files: Iterable[str], where: str) -> Choice:
@@ -151,17 +170,19 @@ def _snapshot(hub, repo: str, rev: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _from_cache(hub, repo: str, rev: str, where: str) -> tuple[Path, Choice] | None:
-    """A cached snapshot that holds every file its format needs (links into the blob store that
+def _from_cache(hub, repo: str, rev: str, where: str, choose: Chooser) -> tuple[Path, Choice] | None:
+    """A cached snapshot that holds every file `choose` asks for (links into the blob store that
     resolve), or None."""
     folder = _snapshot(hub, repo, rev)
     if folder is None:
         return None
     present = [f.name for f in folder.iterdir() if f.is_file()]  # is_file follows the link: a broken one is absent
     try:
-        choice = needed_files(present, where)
+        choice = choose(present, where)
     except HubError:
         return None
+    if not choice.has_tokenizer and tokenizer_repo(folder / choice.target, repo):
+        choice = Choice(choice.files, choice.target, True)  # open_clip's config names where its tokenizer is
     return folder, choice
 
 
@@ -169,13 +190,13 @@ def _fetch_hint(repo: str, rev: str | None) -> str:
     return f"hf download {repo}" + (f" --revision {rev}" if rev else "")
 
 
-def _download(hub, repo: str, rev: str, where: str) -> tuple[Path, Choice]:
-    """List the repo at `rev`, then `snapshot_download` only the chosen files (its progress bars; a
-    file already in the cache is not fetched again). Every client error becomes a `HubError`."""
+def _download(hub, repo: str, rev: str, where: str, choose: Chooser) -> tuple[Path, Choice]:
+    """List the repo at `rev`, then `snapshot_download` only the files `choose` picks (its progress
+    bars; a file already in the cache is not fetched again). Every client error becomes a `HubError`."""
     err = hub.errors if hasattr(hub, "errors") else hub.utils
     try:
         info = hub.HfApi().model_info(repo, revision=rev)
-        choice = needed_files([s.rfilename for s in info.siblings or []], where)
+        choice = choose([s.rfilename for s in info.siblings or []], where)
         log.info("%s: downloading %s", where, ", ".join(choice.files))
         folder = hub.snapshot_download(repo, revision=rev, allow_patterns=list(choice.files))
     except HubError:
@@ -216,6 +237,22 @@ def resolve_model(ref: str | os.PathLike) -> Path:
     cached snapshot folder (Hugging Face layout) or the file that pins the format in it (open_clip
     weights, our .pt, a .npz), downloading the needed files when they are not cached and the Hub
     may be used. Raises `HubError` (a FileNotFoundError) or ModuleNotFoundError without the extra."""
+    return _resolve(ref, needed_files, "the tokenizer")
+
+
+def resolve_tokenizer(ref: str | os.PathLike) -> Path:
+    """A tokenizer reference (`--tokenizer`, `siglip.load(tokenizer=)`) -> a local file or folder.
+
+    An existing path comes back as it is. A Hub id (the spellings of `resolve_model`) comes back as
+    its snapshot folder holding only the repo's tokenizer files (`tokenizer_files`): the cache
+    first, else a download of those files alone, so `--tokenizer google/siglip-base-patch16-224`
+    fetches its spiece.model and small configs, never its weights."""
+    return _resolve(ref, tokenizer_files, "")
+
+
+def _resolve(ref: str | os.PathLike, choose: Chooser, completes: str) -> Path:
+    """`ref` through the cache, then the Hub; `completes`: what a download may still add to a cached
+    snapshot that lacks it (the model's tokenizer), '' for nothing."""
     path = Path(ref).expanduser()
     spelled = None if isinstance(ref, Path) or path.exists() else parse_hub_id(str(ref))
     if spelled is None:
@@ -223,17 +260,32 @@ def resolve_model(ref: str | os.PathLike) -> Path:
     repo, rev = spelled
     where = str(ref)
     hub = _hub(where)
-    cached = _from_cache(hub, repo, rev or "main", where)
-    if cached is None or not cached[1].has_tokenizer:
+    cached = _from_cache(hub, repo, rev or "main", where, choose)
+    if cached is None or (completes and not cached[1].has_tokenizer):
         if _offline(hub):
             if cached is None:
                 raise HubError(_not_cached(repo, rev, where, True))
         else:
             try:
-                cached = _download(hub, repo, rev or "main", where)
+                cached = _download(hub, repo, rev or "main", where, choose)
             except HubError:
                 if cached is None:
                     raise
-                log.warning("%s: the Hub could not complete the tokenizer; using the cached weights alone", where)
+                log.warning("%s: the Hub could not complete %s; using the cached weights alone", where, completes)
     folder, choice = cached
     return folder / choice.target if choice.target else folder
+
+
+def tokenizer_repo(where: Path, repo: str = "") -> str:
+    """The Hub id open_clip's config beside `where` names for the tokenizer (text_cfg.hf_tokenizer_name,
+    a repo other than `repo`), or ''. open_clip loads the tokenizer from there; a model pushed without
+    its tokenizer files keeps it only there."""
+    cfg_file = (where if where.is_dir() else where.parent) / "open_clip_config.json"
+    try:
+        text_cfg = json.loads(cfg_file.read_text()).get("model_cfg", {}).get("text_cfg", {})
+    except (OSError, ValueError, AttributeError):
+        return ""
+    name = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
+    if not isinstance(name, str) or parse_hub_id(name) is None or parse_hub_id(name)[0] == repo:
+        return ""
+    return name

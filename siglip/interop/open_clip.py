@@ -4,15 +4,19 @@ transformer (`text.*`). Sizes come from the tensors, heads from `open_clip_confi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from torch import Tensor
 
 from siglip.checkpoint import Payload
 from siglip.config import ModelConfig, TowerConfig
+from siglip.interop.hub import tokenizer_repo
 from siglip.interop.rules import Rule, apply_rules, torch_modules
 from siglip.interop.siglip2 import open_clip_gelus, tokenizer_kind
-from siglip.interop.tensors import find_tokenizer, heads_for, make_payload, model_shapes
+from siglip.interop.tensors import TokenizerFile, find_tokenizer, heads_for, make_payload, model_shapes
+
+log = logging.getLogger(__name__)
 
 # Our module -> theirs inside one encoder block. A tuple on our side is a fused projection.
 TIMM_BLOCK = {
@@ -102,12 +106,30 @@ def open_clip_config(state: dict[str, Tensor], where: Path, kind: str = "siglip"
     )
 
 
+def open_clip_tokenizer(path: Path, tokenizer: str | Path | None, required: bool) -> TokenizerFile:
+    """`tokenizer` when given, else the one beside the weights, else the repo that open_clip's config
+    names (text_cfg.hf_tokenizer_name: a model pushed without its tokenizer files keeps it there),
+    fetched by its Hub id. Not `required` (an image-only load): a failure there is a warning."""
+    elsewhere = "" if tokenizer else tokenizer_repo(path)
+    tok = find_tokenizer(path, tokenizer, required and not elsewhere)
+    if tok.data or not elsewhere:
+        return tok
+    log.info("%s: no tokenizer beside the weights; open_clip's config names %s", path, elsewhere)
+    try:
+        return find_tokenizer(path, elsewhere)
+    except (FileNotFoundError, ModuleNotFoundError) as e:  # a HubError, or no huggingface_hub
+        if required:
+            raise FileNotFoundError(f"{path}: the tokenizer open_clip_config.json names: {e}") from e
+        log.warning("%s: loaded without a tokenizer (%s)", path, e)
+        return tok
+
+
 def read_open_clip(
     path: Path, state: dict[str, Tensor], tokenizer: str | Path | None, require_tokenizer: bool = True
 ) -> Payload:
     if "text.text_projection" in state:
         raise ValueError(f"{path}: text_projection without bias (a CLIP-style text tower), not a SigLIP checkpoint")
-    tok = find_tokenizer(path, tokenizer, require_tokenizer)
+    tok = open_clip_tokenizer(path, tokenizer, require_tokenizer)
     kind = tokenizer_kind(path if path.is_dir() else path.parent, tok)
     cfg = open_clip_config(state, path, kind)
     sd = apply_rules(open_clip_rules(cfg), state, model_shapes(cfg), str(path))

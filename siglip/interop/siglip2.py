@@ -41,8 +41,9 @@ TIMM_TANH = {
 
 
 def tokenizer_kind(folder: Path, tok: TokenizerFile) -> str:
-    """'gemma' or 'siglip' for the tokenizer `tok` found in `folder`."""
-    cfg_file = folder / "tokenizer_config.json"
+    """'gemma' or 'siglip' for the tokenizer `tok`, told by the tokenizer_config.json of the folder it was
+    found in (`folder`, the checkpoint's, when `tok` does not say), else by its vocabulary."""
+    cfg_file = (tok.folder or folder) / "tokenizer_config.json"
     if cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text())
         cls = str(cfg.get("tokenizer_class", ""))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from siglip.checkpoint import FORMAT, VERSION, Payload, load_verified, preprocess_dict, tokenizer_entry
 from siglip.config import SIZES, ModelConfig
+from siglip.interop.hub import resolve_tokenizer
 from siglip.model import empty_model
 from siglip.tokenizer import SENTENCEPIECE, TOKENIZER_JSON
 from siglip.tokenizer_json import special_names
@@ -67,6 +68,7 @@ class TokenizerFile:
     data: bytes = b""
     fmt: str = SENTENCEPIECE
     specials: dict[str, str] = field(default_factory=dict)
+    folder: Path | None = None  # where it was found: its tokenizer_config.json tells its kind
 
 
 def folder_specials(folder: Path) -> dict[str, str]:
@@ -84,20 +86,27 @@ def folder_specials(folder: Path) -> dict[str, str]:
 
 def _tokenizer_file(p: Path) -> TokenizerFile:
     if p.suffix == ".json":
-        return TokenizerFile(p.read_bytes(), TOKENIZER_JSON, folder_specials(p.parent))
-    return TokenizerFile(p.read_bytes())
+        return TokenizerFile(p.read_bytes(), TOKENIZER_JSON, folder_specials(p.parent), p.parent)
+    return TokenizerFile(p.read_bytes(), folder=p.parent)
 
 
 def find_tokenizer(where: Path, explicit: str | Path | None, required: bool = True) -> TokenizerFile:
-    """The tokenizer: `explicit`, else spiece.model / tokenizer.model / the one *.model beside the
-    checkpoint, else a tokenizer.json (transformers 5 saves SigLIP 2's that way). None found: an
-    error, or an empty TokenizerFile when not `required` (an image-only load)."""
+    """The tokenizer: `explicit` (a file, a folder holding one, or a Hub id: `resolve_tokenizer`), else
+    the one in the checkpoint's folder (`tokenizer_in`). None found: an error, or an empty
+    TokenizerFile when not `required` (an image-only load)."""
     if explicit:
-        p = Path(explicit)
+        p = resolve_tokenizer(explicit)
+        if p.is_dir():
+            return tokenizer_in(p, str(explicit), True)
         if not p.is_file():
             raise FileNotFoundError(f"tokenizer not found: {p}")
         return _tokenizer_file(p)
-    folder = where if where.is_dir() else where.parent
+    return tokenizer_in(where if where.is_dir() else where.parent, str(where), required)
+
+
+def tokenizer_in(folder: Path, where: str, required: bool) -> TokenizerFile:
+    """spiece.model / tokenizer.model / the one *.model in `folder`, else a tokenizer.json
+    (transformers 5 saves SigLIP 2's that way)."""
     models = [folder / n for n in ("spiece.model", "tokenizer.model") if (folder / n).is_file()]
     models = models or sorted(folder.glob("*.model"))
     if len(models) == 1 or (models and models[0].name in ("spiece.model", "tokenizer.model")):
@@ -108,7 +117,7 @@ def find_tokenizer(where: Path, explicit: str | Path | None, required: bool = Tr
         return TokenizerFile()
     raise FileNotFoundError(
         f"{where}: no tokenizer found (looked for spiece.model, tokenizer.model, a single *.model or tokenizer.json "
-        f"in {folder}); pass one with --tokenizer"
+        f"in {folder}); pass one with --tokenizer (a file, a folder or a Hub id such as google/siglip-base-patch16-224)"
     )
 
 
@@ -150,9 +159,6 @@ def make_payload(
 
 def model_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in empty_model(cfg).state_dict().items()}
-
-
-SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def read_sharded(index_path: Path) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ from siglip.data.table_stream import TableStream, table_loader
 from siglip.data.tables import Tables, find_tables, table_captions
 from siglip.data.webdataset import TarStream, count_samples, is_shard_pattern, read_captions, shard_list, stream_loader
 from siglip.distributed import Runtime, broadcast_object, wrap_model
-from siglip.interop import load_into, load_pretrained
+from siglip.interop import load_into, load_pretrained, load_tokenizer
 from siglip.model import SigLIP
 from siglip.optim import freeze_towers
 from siglip.tokenizer import Tokenizer
@@ -98,7 +98,7 @@ def build_tokenizer(cfg: Config, payload: Payload | None, source: Source, rt: Ru
     if payload is not None and not payload.get("partial"):
         tokenizer = tokenizer_from_payload(payload)
     elif cfg.tokenizer.path:
-        tokenizer = Tokenizer.from_file(cfg.tokenizer.path, cfg.model.text_length)
+        tokenizer = load_tokenizer(cfg.tokenizer.path, cfg.model.text_length)
     else:
         proto = None
         if rt.is_main:
