@@ -151,6 +151,11 @@ def test_a_folder_with_other_files_is_refused(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="--part-rows must be at least 1"):
         cr.export(index, Options(str(tmp_path / "o2"), part_rows=0))
+    (tmp_path / "a_file").write_text("x")  # a file as DEST: named, not an OSError traceback
+    assert main(["export", str(index), "--to", "clip-retrieval", str(tmp_path / "a_file")]) == 1
+    assert "a_file: a file, not a folder" in capsys.readouterr().err
+    assert main(["export", str(index), "--to", "clip-retrieval", str(tmp_path / "a_file" / "out")]) == 1
+    assert "siglip export: error: [Errno 20] Not a directory:" in capsys.readouterr().err  # any OSError: one line
 
 
 def _autofaiss_top10(dest: Path, queries: np.ndarray, index_key: str | None) -> tuple[np.ndarray, np.ndarray, dict]:

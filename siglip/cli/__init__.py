@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(module, "PASSTHROUGH", False):
             return module.main(rest) or 0
         return module.run(parser_for(name, module).parse_args(rest)) or 0
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, ModuleNotFoundError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, ModuleNotFoundError) as e:  # OSError: a path's errno, named
         if os.environ.get("SIGLIP_DEBUG"):
             raise
         print(f"siglip {name}: error: {e}", file=sys.stderr)

@@ -64,6 +64,8 @@ def _sidecar(dest: Path, path: Path) -> bool:
 def _prepare(dest: Path, manifest: dict) -> bool:
     """Make `dest` ready; True when it holds this same export (continue it). An earlier export of
     something else is removed; a folder with other files is refused, naming one."""
+    if dest.exists() and not dest.is_dir():
+        raise ValueError(f"{dest}: a file, not a folder; give the folder to write the export into")
     files = [p for p in dest.rglob("*") if p.is_file() and not _sidecar(dest, p)] if dest.is_dir() else []
     if not files:
         return False
