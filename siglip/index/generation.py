@@ -31,7 +31,7 @@ from torch import Tensor
 
 from siglip.index import ann
 from siglip.index.ann_plan import Plan
-from siglip.index.search import _pread_into, npy_layout, topk_fd
+from siglip.index.search import npy_layout, pread_into, topk_fd
 from siglip.index.store import parse_meta
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class Generation:
         re-ranking) and keeps every page it touched counted in the process's RSS."""
         offset, (_, d), dtype = self._layout
         out = np.empty((max(0, last - first), d), dtype=dtype)
-        got = _pread_into(self._rows_file.fileno(), memoryview(out).cast("B"), offset + first * out.itemsize * d)
+        got = pread_into(self._rows_file.fileno(), memoryview(out).cast("B"), offset + first * out.itemsize * d)
         if got != out.nbytes:
             raise ValueError(f"{self.path / self.meta['embeddings']}: truncated before row {last}")
         return out

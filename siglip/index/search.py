@@ -100,7 +100,7 @@ def topk_file(
         return topk_fd(f.fileno(), npy_layout(path), queries, k, chunk_rows, progress, path)
 
 
-def _pread_into(fd: int, out: memoryview, at: int) -> int:
+def pread_into(fd: int, out: memoryview, at: int) -> int:
     """Fill `out` from byte `at` of `fd` (short only at the end of the file); bytes read."""
     got = 0
     while got < len(out):
@@ -126,7 +126,7 @@ def topk_fd(
     row_bytes = d * np.dtype(dtype).itemsize
     for s in range(0, n, chunk_rows):
         view = buf[: min(chunk_rows, n - s)]
-        if _pread_into(fd, memoryview(view).cast("B"), offset + s * row_bytes) != view.nbytes:
+        if pread_into(fd, memoryview(view).cast("B"), offset + s * row_bytes) != view.nbytes:
             raise ValueError(f"{name}: truncated at row {s} (expected {n} rows)")
         for j, (sc, ids) in enumerate(_chunk_candidates(torch.from_numpy(view), q, k, _floors(best, k))):
             best[j] = _merge(best[j], sc, ids + s, k)
