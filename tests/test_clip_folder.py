@@ -72,13 +72,20 @@ def test_a_folder_clip_retrieval_wrote_is_searched_as_numpy_would(world):
     assert read_meta(tmp / "emb" / "siglip-img_emb.index")["generation"] == 1  # imported once
 
 
-def test_siglip_index_and_the_server_take_the_folder(world, tmp_path):
+def test_siglip_index_and_the_server_take_the_folder(world, tmp_path, capsys):
     pytest.importorskip("faiss")
     tmp, model, wrote = world
     top, cos = _numpy_top10(wrote["img"], model.embed_texts([QUERY])[0].numpy())
     with redirect_stdout(StringIO()):
         assert main(["index", str(tmp / "emb"), "--json", "--queries", "20"]) == 0
-    assert (tmp / "emb" / "siglip-img_emb.index" / "ann.json").is_file()
+    ann_json = tmp / "emb" / "siglip-img_emb.index" / "ann.json"
+    assert list(json.loads(ann_json.read_text())["recall"]) == ["rows"]  # the folder names no model for captions
+    write_clip_folder(tmp_path / "d12", [30], 12)
+    assert main(["index", str(tmp_path / "d12"), "--queries", "20", "--model", str(tmp / "m.pt")]) == 1
+    assert f"its rows have dim 12, --model {tmp / 'm.pt'} embeds dim {model.dim}" in capsys.readouterr().err
+    with redirect_stdout(StringIO()):
+        assert main(["index", str(tmp / "emb"), "--json", "--queries", "20", "--model", str(tmp / "m.pt")]) == 0
+    assert json.loads(ann_json.read_text())["recall"]["captions"]["queries"] == 20  # its captions, as queries
     results = _search(tmp / "emb", tmp / "m.pt")  # through the approximate index, re-ranked exactly
     assert [r["path"] for r in results] == [wrote["paths"][i] for i in top]
     pytest.importorskip("fastapi")

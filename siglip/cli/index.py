@@ -5,6 +5,7 @@ and measure its recall against the exact scan.
     siglip index laion.index --max-memory 2G --json
     siglip index laion.index --kind ivf-pq --nprobe 64
     siglip index laion.index --tune --target-recall 0.98        # re-tune the existing one, no rebuild
+    siglip index laion_emb/ --model google/siglip-base-patch16-224   # a clip-retrieval folder: captions need a model
 
 --kind auto chooses from the row count, the dimension and --max-memory: flat under 100k rows, IVF
 with float32 rows when they fit, else IVF with 4-bit PQ codes (the most a row that fit). It trains on
@@ -15,7 +16,8 @@ effort (nprobe, candidates re-ranked) is the cheapest that reaches --target-reca
 and the query latencies are printed and kept in INDEX/ann.json. `siglip search` and
 `siglip.index.open(...).search` use it from then on; `siglip embed` adds new rows to it.
 A clip-retrieval folder (img_emb/, metadata/) is imported first into INDEX/siglip-img_emb.index/,
-where the approximate index is built (see siglip.index.clip_import). Needs faiss: pip install 'siglip[ann]'.
+where the approximate index is built (see siglip.index.clip_import); its captions are queries only
+with --model (the folder names no model). Needs faiss: pip install 'siglip[ann]'.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune", action="store_true", help="re-tune the existing approximate index, no rebuild")
     p.add_argument("--queries", type=int, default=200, help="held-out rows that measure recall")
     p.add_argument("--no-texts", action="store_true", help="do not embed the captions as queries too")
+    p.add_argument(
+        "--model",
+        default="",
+        help="the model that embeds the captions (default the index's; a clip-retrieval folder names none)",
+    )
     p.add_argument("--json", action="store_true", help="print ann.json")
 
 
@@ -61,7 +68,7 @@ def summary(desc: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     opts = BuildOptions(
         kind=args.kind, max_memory=args.max_memory, target_recall=args.target_recall, nprobe=args.nprobe,
-        queries=args.queries, texts=not args.no_texts, progress=not args.json,
+        queries=args.queries, texts=not args.no_texts, progress=not args.json, model=args.model,
     )  # fmt: skip
     index = resolve(args.index, progress=not args.json)  # a clip-retrieval folder: its imported index beside it
     desc = retune(index, opts) if args.tune else build(index, opts)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from siglip.index import ann, recall
 from siglip.index.ann_plan import Plan, choose, fmt_size, parse_size
+from siglip.index.clip_import import NO_MODEL
 from siglip.index.handle import ANN_FORMAT, ANN_JSON, rows_fingerprint
 from siglip.index.store import atomic_write, read_items, read_meta
 from siglip.interop.hub import model_ref_exists
@@ -43,6 +44,7 @@ class BuildOptions:
     queries: int = 200  # held-out rows that measure recall
     texts: bool = True  # also the captions (embedded with the index's model), when the index has them
     progress: bool = True
+    model: str = ""  # embeds the captions instead of the index's model (an imported folder names none)
 
 
 def query_ids(n: int, queries: int) -> np.ndarray:
@@ -112,24 +114,32 @@ def _add_rows(index: Path, rows: np.ndarray, fi: Any, state: dict, progress: boo
     bar.close()
 
 
-def _caption_queries(index: Path, meta: dict, ids: np.ndarray) -> np.ndarray | None:
-    """(t, d) text embeddings of the captions of rows `ids` (up to TEXT_QUERIES), with the index's model."""
+def _caption_queries(index: Path, meta: dict, ids: np.ndarray, model: str) -> np.ndarray | None:
+    """(t, d) text embeddings of the captions of rows `ids` (up to TEXT_QUERIES), with `model`, else the
+    index's. A model of another dimension is an error."""
     items = read_items(index, meta, [int(i) for i in ids[:TEXT_QUERIES]])
     captions = [it["caption"] for it in items if it.get("caption")]
     if not captions or meta.get("kind") != "image":
         return None
-    if not model_ref_exists(meta.get("model", "")):
+    if not model and meta.get("model") == NO_MODEL:
+        log.warning("recall for caption queries not measured: rows imported from clip-retrieval; give --model")
+        return None
+    if not model and not model_ref_exists(meta.get("model", "")):
         log.warning("recall for caption queries not measured: the index's model %r is gone", meta.get("model"))
         return None
     from siglip.api import load
 
-    return load(meta["model"], device="cpu").embed_texts(captions).numpy()
+    ref = model or meta["model"]
+    m = load(ref, device="cpu")
+    if m.dim != meta["dim"]:
+        raise ValueError(f"{index}: its rows have dim {meta['dim']}, --model {ref} embeds dim {m.dim}")
+    return m.embed_texts(captions).numpy()
 
 
-def _queries(index: Path, meta: dict, rows: np.ndarray, ids: np.ndarray, texts: bool) -> dict:
+def _queries(index: Path, meta: dict, rows: np.ndarray, ids: np.ndarray, opts: BuildOptions) -> dict:
     """{"rows": (q, d), ...} query sets with their self ids (-1 for texts)."""
     sets = {"rows": (np.asarray(rows[ids], dtype=np.float32), ids)}
-    captions = _caption_queries(index, meta, ids) if texts else None
+    captions = _caption_queries(index, meta, ids, opts.model) if opts.texts else None
     if captions is not None:
         sets["captions"] = (captions, np.full(len(captions), -1, dtype=np.int64))
     return sets
@@ -142,7 +152,7 @@ def _truths(rows_file: Path, sets: dict, k: int) -> dict:
 def _tune_and_measure(index: Path, meta: dict, rows: np.ndarray, fi: Any, plan: Plan, opts: BuildOptions) -> tuple:
     rows_file = index / meta["embeddings"]
     ids = query_ids(len(rows), opts.queries)
-    sets = _queries(index, meta, rows, ids, opts.texts)
+    sets = _queries(index, meta, rows, ids, opts)
     kmax = min(100, len(rows) - 1)
     log.info("exact top %d of %d queries (the ground truth)", kmax, sum(len(s[1]) for s in sets.values()))
     truths = _truths(rows_file, sets, kmax)
