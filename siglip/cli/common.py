@@ -22,7 +22,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     g.add_argument(
         "--tokenizer",
         default=None,
-        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files alone), when none lies beside the weights",
+        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files "
+        "alone), when none lies beside the weights",
     )
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights' dtype (default: as stored)")

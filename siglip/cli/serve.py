@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tokenizer",
         default=None,
-        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files alone), when none lies beside the weights",
+        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files "
+        "alone), when none lies beside the weights",
     )
     g.add_argument("--index", action="append", default=[], metavar="NAME=PATH", help="an index to serve (repeat)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")

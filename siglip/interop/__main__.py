@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tokenizer",
         default=None,
-        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files alone), when none lies beside SRC",
+        help="a SentencePiece model or tokenizer.json, a folder holding one, or a Hub id (its tokenizer files "
+        "alone), when none lies beside SRC",
     )
     parser.add_argument(
         "--vision-only", action="store_true", help="--to hf: the image tower alone (SiglipVisionModel), for a VLM"

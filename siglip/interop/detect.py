@@ -1,7 +1,7 @@
 """Any supported checkpoint in: a Hub id becomes a local path first (`siglip.interop.hub`), then the
 format is detected from the content, read by its module, and returned as our payload; then the entry
-points for fine-tuning (`load_pretrained`, `load_into`) and a tokenizer alone (`load_tokenizer`). A ready-to-use model with its tokenizer and
-preprocessing is `siglip.load` (siglip/api.py)."""
+points for fine-tuning (`load_pretrained`, `load_into`) and a tokenizer alone (`load_tokenizer`). A
+ready-to-use model with its tokenizer and preprocessing is `siglip.load` (siglip/api.py)."""
 
 from __future__ import annotations
 

@@ -286,6 +286,5 @@ def tokenizer_repo(where: Path, repo: str = "") -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     name = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
-    if not isinstance(name, str) or parse_hub_id(name) is None or parse_hub_id(name)[0] == repo:
-        return ""
-    return name
+    spelled = parse_hub_id(name) if isinstance(name, str) else None
+    return name if spelled is not None and spelled[0] != repo else ""
