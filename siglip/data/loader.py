@@ -19,6 +19,20 @@ from siglip.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+def sample_seed(seed: int, epoch: int, row: int) -> int:
+    """The seed of one sample's augmentation in one epoch (the same from every loader and worker)."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + row
+
+
+def seeded_transform(transform: Callable[[Image.Image], Tensor], image: Image.Image, seed: int) -> Tensor:
+    """`transform(image)` with the CPU random generator seeded by `seed`, and restored after. The CPU
+    generator only: torch.manual_seed also queues CUDA seeding, formatting a stack trace per call
+    (0.69 ms a sample against 0.03 ms, more than decoding and transforming a small image)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return transform(image)
+
+
 class PairDataset(Dataset):
     """(pixels, caption) per pair, or None when the image cannot be read (counted by the collate).
 
@@ -45,10 +59,7 @@ class PairDataset(Dataset):
         except Exception as e:  # noqa: BLE001 - any decode failure means "skip this sample"
             log.warning("skipping unreadable image %s: %s", path, e)
             return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-            pixels = self.transform(img)
-        return pixels, caption
+        return seeded_transform(self.transform, img, sample_seed(self.seed, self.epoch, i)), caption
 
 
 class Collate:

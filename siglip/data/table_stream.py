@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from siglip.data.loader import steps_per_epoch
+from siglip.data.loader import sample_seed, seeded_transform, steps_per_epoch
 from siglip.data.manifests import load_image
 from siglip.data.tables import BadRow, Tables, image_input, pick_caption, read_rows
 from siglip.data.webdataset import shuffled
@@ -170,11 +170,7 @@ class TableStream(IterableDataset):
         except Exception as e:  # noqa: BLE001 - any decode failure means "skip this row"
             log.warning("skipping %s: %s", self.tables.where(u, r), e)
             return None
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also queues CUDA seeding, recording a stack trace
-            # per call (~15% of a small image's decode + transform on CPU)
-            torch.random.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + gid)
-            return self.transform(image), caption
+        return seeded_transform(self.transform, image, sample_seed(self.seed, self.epoch, gid)), caption
 
     def _batch(self, items: list) -> dict:
         good = [x for x in items if x is not None]
