@@ -83,6 +83,9 @@ def test_siglip_index_and_the_server_take_the_folder(world, tmp_path, capsys):
     write_clip_folder(tmp_path / "d12", [30], 12)
     assert main(["index", str(tmp_path / "d12"), "--queries", "20", "--model", str(tmp / "m.pt")]) == 1
     assert f"its rows have dim 12, --model {tmp / 'm.pt'} embeds dim {model.dim}" in capsys.readouterr().err
+    assert not [
+        p.name for p in (tmp_path / "d12" / "siglip-img_emb.index").iterdir() if "ann" in p.name
+    ]  # before a build
     with redirect_stdout(StringIO()):
         assert main(["index", str(tmp / "emb"), "--json", "--queries", "20", "--model", str(tmp / "m.pt")]) == 0
     assert json.loads(ann_json.read_text())["recall"]["captions"]["queries"] == 20  # its captions, as queries

@@ -149,10 +149,11 @@ def _truths(rows_file: Path, sets: dict, k: int) -> dict:
     return {name: recall.exact_truth(rows_file, recall.as_tensor(q), s, k) for name, (q, s) in sets.items()}
 
 
-def _tune_and_measure(index: Path, meta: dict, rows: np.ndarray, fi: Any, plan: Plan, opts: BuildOptions) -> tuple:
+def _tune_and_measure(
+    index: Path, meta: dict, rows: np.ndarray, fi: Any, plan: Plan, opts: BuildOptions, sets: dict
+) -> tuple:
+    """`sets`: `_queries`' output, made before the build (a caption model of the wrong dim fails first)."""
     rows_file = index / meta["embeddings"]
-    ids = query_ids(len(rows), opts.queries)
-    sets = _queries(index, meta, rows, ids, opts)
     kmax = min(100, len(rows) - 1)
     log.info("exact top %d of %d queries (the ground truth)", kmax, sum(len(s[1]) for s in sets.values()))
     truths = _truths(rows_file, sets, kmax)
@@ -206,14 +207,16 @@ def build(index: str | Path, opts: BuildOptions) -> dict:
         "factory": plan.factory(), "generation": meta.get("generation"), "rows": len(rows),
         "rows_fingerprint": rows_fingerprint(rows, meta),
     }  # fmt: skip
+    ids = query_ids(len(rows), opts.queries)
+    sets = _queries(index, meta, rows, ids, opts)
     fi = _resume(index, state)
     if fi is None:
-        fi = _train(rows, plan, query_ids(len(rows), opts.queries), np.random.default_rng(0))
+        fi = _train(rows, plan, ids, np.random.default_rng(0))
         if len(rows) > CHUNK_ROWS:
             _save_partial(index, fi, state)  # training is minutes at scale: keep it
     _add_rows(index, rows, fi, state, opts.progress)
     built = time.perf_counter() - start
-    plan, report = _tune_and_measure(index, meta, rows, fi, plan, opts)
+    plan, report = _tune_and_measure(index, meta, rows, fi, plan, opts, sets)
     desc = {
         "kind": plan.kind, "plan": plan.to_json(), "max_memory": budget, "build_seconds": round(built, 1),
         "target_recall": opts.target_recall, "recall": report, "measured_at_rows": len(rows),
@@ -233,7 +236,8 @@ def retune(index: str | Path, opts: BuildOptions) -> dict:
     if loaded is None:
         raise ValueError(f"{idx.path}: no usable approximate index to tune; build one with `siglip index {idx.path}`")
     fi, plan, desc = loaded
-    plan, report = _tune_and_measure(idx.path, idx.meta, idx.rows, fi, plan, opts)
+    sets = _queries(idx.path, idx.meta, idx.rows, query_ids(len(idx.rows), opts.queries), opts)
+    plan, report = _tune_and_measure(idx.path, idx.meta, idx.rows, fi, plan, opts, sets)
     desc = {**desc, "plan": plan.to_json(), "target_recall": opts.target_recall, "recall": report}
     desc["measured_at_rows"] = idx.count
     _write_json(idx.path / ANN_JSON, desc)
