@@ -172,7 +172,7 @@ def test_demo_from_parquet_reaches_the_accuracy_from_csv(tmp_path):
     """The whole demo config (660 steps) from digits/train.csv and from the same pairs as parquet, seeds
     0, 1 and 2 each (six trainings, about 35 minutes on 2 cores): the mean held-out zero-shot acc1 of the
     two sources differ by no more than Welch's 5 % bound for three runs a side. The tiny demo's result
-    is chaotic in the seed (2026-12-07: CSV 0.802-0.961 over seeds 0-5), so one run a side cannot tell
+    is chaotic in the seed (2026-12-07: CSV 0.802-0.967 over seeds 0-5), so one run a side cannot tell
     a fault from noise; what the sources feed is checked exactly by the test above. A parquet path that
     fed wrong pairs trains to chance (0.1), far outside the bound."""
     import statistics
